@@ -1,0 +1,320 @@
+"""Configs: defaults, loading from `ml_collections` files, overrides and validation.
+
+An experiment config is a Python file with `get_config()` returning a `ConfigDict` (or a
+dict) that sets any subset of the keys of `default_config()`. `load_config` merges it onto
+the defaults, applies `--config.key=value` overrides and validates everything once, early,
+with messages that name the key and say what would be valid. Afterwards the config is a
+locked `ConfigDict`: a typo in code fails loudly too.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import importlib.util
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from distill_jax.errors import ConfigError
+
+ROLES = ("teacher", "student")
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+STRATEGIES = ("jit", "pmap")
+DTYPES = ("float32", "bfloat16")
+TEACHER_CHECKPOINTS = ("latest", "best")
+# Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
+_FREE_KEYS = ("teacher.model", "student.model")
+
+
+def _train_defaults(**overrides: Any) -> dict[str, Any]:
+    train = {
+        "epochs": 10,  # passes over the training split
+        "batch_size": 128,  # global batch size
+        "optimizer": "adamw",  # sgd | adamw | adam
+        "learning_rate": 1e-3,  # peak learning rate
+        "momentum": 0.9,  # sgd only
+        "nesterov": False,  # sgd only
+        "weight_decay": 0.0,  # decoupled for adamw, L2 for sgd; never on biases/norm scales
+        "schedule": "cosine",  # constant | cosine | step
+        "warmup_epochs": 0.0,  # linear warmup from 0
+        "step_epochs": [],  # step schedule: epochs at which the rate is multiplied ...
+        "step_factor": 0.1,  # ... by this factor
+        "grad_clip": 0.0,  # global-norm clipping (0: off)
+        "label_smoothing": 0.0,
+        "translate": 0,  # random translation augmentation, +-pixels (0: off)
+    }
+    train.update(overrides)
+    return train
+
+
+def default_config() -> dict[str, Any]:
+    """Every valid key with its default value; the schema that configs are checked against."""
+    return {
+        "seed": 0,
+        "dtype": "float32",  # computation dtype of teacher and student forward passes
+        "data": {
+            "name": "mnist_5k",  # an embedded dataset or "tfds:NAME"
+            "data_dir": None,  # else $TFDS_DATA_DIR, else the user cache dir
+            "download": True,  # prepare tfds: datasets that are not prepared yet
+            "train_split": "train",
+            "validation_split": "validation",
+            "test_split": "test",
+            "eval_batch_size": 500,
+            "num_workers": 0,  # Grain worker processes (0: read in the main process)
+        },
+        "teacher": {
+            "model": {"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
+            "train": _train_defaults(),
+            "checkpoint": "latest",  # which of the teacher's checkpoints to distil from
+            "workdir": None,  # `distill`: the teacher's run (else --teacher DIR)
+        },
+        "student": {
+            "model": {"name": "mlp", "hidden": [800, 800]},
+            "train": _train_defaults(),
+        },
+        "distill": {
+            "alpha": 0.1,  # weight of the hard-label loss; 1 - alpha goes to KD
+            "temperature": 4.0,
+        },
+        "run": {
+            "seeds": 1,  # students are repeated over seeds seed, seed+1, ...
+            "scratch_aug": True,  # also train the student alone with the teacher's jitter
+        },
+        "parallel": {"strategy": "jit"},  # jit (sharded over a data mesh) | pmap
+        "checkpoint": {
+            "every_steps": 1000,
+            "keep": 2,  # latest checkpoints kept (plus the best by validation accuracy)
+        },
+        "eval": {
+            "every_epochs": 1,  # validation (learning curves, best checkpoint)
+            "ece_bins": 15,
+            "latency_batch_size": 256,
+        },
+        "log": {"every_steps": 50, "progress": True},
+    }
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> ml_collections.ConfigDict:
+    """Loads, merges, overrides and validates a config.
+
+    Args:
+        path: a Python file defining `get_config()`, or None for the defaults.
+        overrides: `key.path=value` strings (values parsed as Python literals).
+
+    Returns:
+        The validated, locked config.
+    """
+    cfg = default_config()
+    if path is not None:
+        merge_into(cfg, _read_config_file(path), prefix="")
+    for item in overrides:
+        key, value = _parse_override(item)
+        set_key(cfg, key, value)
+    return from_dict(cfg)
+
+
+def from_dict(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Validates a full config dict (e.g. a workdir's config.json) and locks it."""
+    full = default_config()
+    merge_into(full, _to_plain(cfg), prefix="")
+    validate(full)
+    config = ml_collections.ConfigDict(full)
+    config.lock()
+    return config
+
+
+def _read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return json.load(f)
+    spec = importlib.util.spec_from_file_location("_distill_jax_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    return _to_plain(module.get_config())
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, ml_collections.ConfigDict):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip().removeprefix("--").removeprefix("config.")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string, e.g. --config.data.name=digits
+    return key, value
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown(full_key: str, name: str, valid: Sequence[str]) -> ConfigError:
+    return ConfigError(
+        f"unknown config key '{full_key}'{_suggest(name, valid)}; "
+        f"valid keys here: {', '.join(sorted(valid))}"
+    )
+
+
+def merge_into(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None:
+    """Recursively writes `update` into `base`, refusing keys that `base` does not have."""
+    for k, v in update.items():
+        full = f"{prefix}{k}"
+        if full in _FREE_KEYS:
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{full} must be a dict with a 'name', got {v!r}")
+            base[k] = dict(v)
+            continue
+        if k not in base:
+            raise _unknown(full, k, list(base))
+        if isinstance(base[k], dict):
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{full} must be a dict of keys, got {v!r}")
+            merge_into(base[k], v, prefix=f"{full}.")
+        else:
+            base[k] = v
+
+
+def set_key(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """Sets a dotted key, e.g. `student.train.epochs`, refusing unknown keys."""
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if part not in node or not isinstance(node[part], dict):
+            raise _unknown(here, part, [k for k in node])
+        node = node[part]
+        if here in _FREE_KEYS:
+            node[parts[-1]] = value  # model kwargs are checked by the model registry
+            return
+    if parts[-1] not in node:
+        raise _unknown(key, parts[-1], list(node))
+    if isinstance(node[parts[-1]], dict) and key not in _FREE_KEYS:
+        raise ConfigError(f"{key} is a section; set one of its keys: {', '.join(node[parts[-1]])}")
+    node[parts[-1]] = value
+
+
+# -------------------------------------------------------------------------- validation
+
+
+def _check_types(value: Any, default: Any, key: str) -> Any:
+    if isinstance(default, dict):
+        return {k: _check_types(value[k], default[k], f"{key}.{k}") for k in default}
+    if default is None:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string or None, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _choice(value: Any, choices: Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{key} = {value!r} is not valid{_suggest(str(value), choices)}; "
+            f"valid values: {', '.join(choices)}"
+        )
+
+
+def _positive(value: Any, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Checks types, choices and ranges of a merged config, in place (ints become floats)."""
+    from distill_jax.models import validate_model_config
+
+    defaults = default_config()
+    for k in defaults:
+        if isinstance(defaults[k], dict) and k in ("teacher", "student"):
+            for sub in defaults[k]:
+                if f"{k}.{sub}" in _FREE_KEYS:
+                    continue
+                cfg[k][sub] = _check_types(cfg[k][sub], defaults[k][sub], f"{k}.{sub}")
+        else:
+            cfg[k] = _check_types(cfg[k], defaults[k], k)
+    _choice(cfg["dtype"], DTYPES, "dtype")
+    _choice(cfg["parallel"]["strategy"], STRATEGIES, "parallel.strategy")
+    _choice(cfg["teacher"]["checkpoint"], TEACHER_CHECKPOINTS, "teacher.checkpoint")
+    for role in ROLES:
+        validate_model_config(cfg[role]["model"], f"{role}.model")
+        t = cfg[role]["train"]
+        key = f"{role}.train"
+        _choice(t["optimizer"], OPTIMIZERS, f"{key}.optimizer")
+        _choice(t["schedule"], SCHEDULES, f"{key}.schedule")
+        _positive(t["epochs"], f"{key}.epochs")
+        _positive(t["batch_size"], f"{key}.batch_size")
+        _positive(t["learning_rate"], f"{key}.learning_rate")
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "translate"):
+            _positive(t[name], f"{key}.{name}", allow_zero=True)
+        if not 0.0 <= t["label_smoothing"] < 1.0:
+            raise ConfigError(
+                f"{key}.label_smoothing must be in [0, 1), got {t['label_smoothing']}"
+            )
+        if t["warmup_epochs"] >= t["epochs"]:
+            raise ConfigError(f"{key}.warmup_epochs must be < {key}.epochs")
+    d = cfg["distill"]
+    if not 0.0 <= d["alpha"] <= 1.0:
+        raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
+    _positive(d["temperature"], "distill.temperature")
+    _positive(cfg["run"]["seeds"], "run.seeds")
+    _positive(cfg["checkpoint"]["every_steps"], "checkpoint.every_steps")
+    _positive(cfg["checkpoint"]["keep"], "checkpoint.keep")
+    _positive(cfg["data"]["eval_batch_size"], "data.eval_batch_size")
+    _positive(cfg["data"]["num_workers"], "data.num_workers", allow_zero=True)
+    _positive(cfg["eval"]["every_epochs"], "eval.every_epochs")
+    _positive(cfg["eval"]["ece_bins"], "eval.ece_bins")
+    _positive(cfg["log"]["every_steps"], "log.every_steps")
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-serialisable deep copy of a config."""
+    return _to_plain(copy.deepcopy(config.to_dict()))

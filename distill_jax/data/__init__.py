@@ -1,0 +1,36 @@
+"""Datasets: TFDS builders for the data we ship, split loading and Grain pipelines.
+
+`load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`) or of
+any TFDS catalogue dataset (`tfds:cifar10`) into memory; `train_dataset` turns it into a
+random-access stream of global batches indexed by step, `eval_batches` into padded, masked
+batches that cover every example once, and `iterate` reads a stream from a given step.
+"""
+
+from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.data.pipeline import (
+    EMBEDDED_DATASETS,
+    ArraySplit,
+    DatasetInfo,
+    eval_batches,
+    get_info,
+    iterate,
+    load_split,
+    resolve_data_dir,
+    steps_per_epoch,
+    train_dataset,
+)
+
+__all__ = [
+    "EMBEDDED_DATASETS",
+    "ArraySplit",
+    "DatasetInfo",
+    "Digits",
+    "Mnist5k",
+    "eval_batches",
+    "get_info",
+    "iterate",
+    "load_split",
+    "resolve_data_dir",
+    "steps_per_epoch",
+    "train_dataset",
+]

@@ -1,0 +1,421 @@
+"""Loading splits through TFDS data sources, and the Grain pipelines that batch them.
+
+Every dataset, embedded (`mnist_5k`, `digits`) or from the TFDS catalogue (`tfds:cifar10`),
+goes through one path: a TFDS builder prepared as array_record in a data dir, read with
+`builder.as_data_source(split)` (no TensorFlow needed) into in-memory uint8/int32 arrays.
+
+Training batches come from a random-access Grain `MapDataset` indexed by the global step:
+`ds[step]` is the same batch however the run got there (fresh start, resume, another number
+of prefetch workers), so the only data state a checkpoint needs is the step. Evaluation
+batches are padded to a fixed shape and masked, so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.errors import ConfigError, DatasetError
+
+EMBEDDED_DATASETS: dict[str, type] = {Mnist5k.name: Mnist5k, Digits.name: Digits}
+"""Datasets built from arrays in installed packages: name -> TFDS builder class."""
+
+TFDS_PREFIX = "tfds:"
+_READ_CHUNK = 4096  # Examples decoded per `__getitems__` call when loading a split.
+
+
+# ---------------------------------------------------------------------------------------
+# Data dir and dataset lookup.
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+    """Returns the TFDS data dir to use.
+
+    Args:
+      data_dir: an explicit directory; wins when given.
+
+    Returns:
+      `data_dir` (with `~` expanded) if given, else `$TFDS_DATA_DIR` if set, else
+      `$XDG_CACHE_HOME/distill_jax/tensorflow_datasets` (`XDG_CACHE_HOME` defaults to
+      `~/.cache`). The directory is not created here; preparing a dataset creates it.
+    """
+    if data_dir:
+        return os.path.expanduser(os.fspath(data_dir))
+    env = os.environ.get("TFDS_DATA_DIR")
+    if env:
+        return os.path.expanduser(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.join(os.path.expanduser(cache), "distill_jax", "tensorflow_datasets")
+
+
+def _known_names_hint() -> str:
+    embedded = ", ".join(sorted(EMBEDDED_DATASETS))
+    return (
+        f"Embedded datasets: {embedded}; any TFDS catalogue dataset as "
+        f"'{TFDS_PREFIX}NAME', '{TFDS_PREFIX}NAME/CONFIG' or '{TFDS_PREFIX}NAME:VERSION' "
+        f"(e.g. '{TFDS_PREFIX}cifar10')."
+    )
+
+
+def _not_prepared_message(tfds_name: str, data_dir: str, reason: str) -> str:
+    return (
+        f"TFDS dataset '{tfds_name}' is not prepared in {data_dir} ({reason}). Prepare it on "
+        f"a machine with network access: `tfds build {tfds_name} --data_dir DIR "
+        f"--file_format array_record` (or copy an already prepared "
+        f"'{tfds_name.split(':')[0].split('/')[0]}' folder into a data dir), then pass that "
+        f"dir as data_dir (--data_dir) or set TFDS_DATA_DIR."
+    )
+
+
+def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
+    """Returns a prepared TFDS builder for `name`, preparing it if needed and allowed."""
+    data_dir = resolve_data_dir(data_dir)
+    if name in EMBEDDED_DATASETS:
+        # Embedded data ships with a package: preparing needs no network, so it is done
+        # whatever `download` says. Preparing an already prepared builder does nothing.
+        builder = EMBEDDED_DATASETS[name](data_dir=data_dir)
+        builder.download_and_prepare(file_format="array_record")
+        return builder
+    if not name.startswith(TFDS_PREFIX) or not name[len(TFDS_PREFIX) :]:
+        raise DatasetError(f"Unknown dataset '{name}'. {_known_names_hint()}")
+
+    tfds_name = name[len(TFDS_PREFIX) :]
+    try:
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetError(
+            f"Unknown dataset '{name}': TFDS has no dataset '{tfds_name}'. {_known_names_hint()}"
+        ) from e
+    except Exception as e:  # Bad config or version: TFDS raises ValueError/AssertionError.
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"Cannot load dataset '{name}': {first_line}") from e
+    if builder.is_prepared():
+        return builder
+    if not download:
+        raise DatasetError(_not_prepared_message(tfds_name, data_dir, "download=False"))
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except Exception as e:  # Typically no network; keep the cause chained for debugging.
+        reason = f"download failed: {type(e).__name__}: {str(e).strip()[:200]}"
+        raise DatasetError(_not_prepared_message(tfds_name, data_dir, reason)) from e
+    return builder
+
+
+# ---------------------------------------------------------------------------------------
+# Dataset info and whole-split loading.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the library needs to know about a dataset.
+
+    Attributes:
+      name: the name it was loaded under (`"mnist_5k"`, `"tfds:cifar10"`).
+      num_classes: number of label classes.
+      image_shape: (H, W, C) of one image.
+      splits: split name -> number of examples.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    splits: dict[str, int]
+
+
+@dataclasses.dataclass
+class ArraySplit:
+    """One split held in memory.
+
+    Attributes:
+      images: uint8 (N, H, W, C).
+      labels: int32 (N,).
+      info: the dataset's `DatasetInfo`.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _feature_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
+    keys = builder.info.supervised_keys
+    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        return keys
+    return "image", "label"
+
+
+def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetInfo:
+    image_key, label_key = _feature_keys(builder)
+    features = builder.info.features
+    if image_key not in features or label_key not in features:
+        raise DatasetError(
+            f"Dataset '{name}' has no '{image_key}'/'{label_key}' features "
+            f"(it has {sorted(features)}); only image classification datasets are supported."
+        )
+    shape = tuple(features[image_key].shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DatasetError(
+            f"Dataset '{name}' has images of shape {shape}; a fixed (H, W, C) shape is needed."
+        )
+    num_classes = getattr(features[label_key], "num_classes", None)
+    if not num_classes:
+        raise DatasetError(f"Dataset '{name}': feature '{label_key}' is not a ClassLabel.")
+    splits = {split: info.num_examples for split, info in builder.info.splits.items()}
+    return DatasetInfo(
+        name=name,
+        num_classes=int(num_classes),
+        image_shape=tuple(int(d) for d in shape),
+        splits=splits,
+    )
+
+
+def get_info(name: str, data_dir: str | None = None, download: bool = True) -> DatasetInfo:
+    """Returns the `DatasetInfo` of a dataset, preparing it first if needed.
+
+    Args:
+      name: an embedded dataset (`EMBEDDED_DATASETS`) or `"tfds:NAME[/CONFIG][:VERSION]"`.
+      data_dir: TFDS data dir; see `resolve_data_dir`.
+      download: whether a catalogue dataset that is not prepared may be downloaded and
+        prepared. Embedded datasets are always prepared (they need no network).
+
+    Returns:
+      The dataset's info.
+
+    Raises:
+      DatasetError: unknown name, or a catalogue dataset that is not (and cannot be)
+        prepared.
+    """
+    return _info_from_builder(name, _prepared_builder(name, data_dir, download))
+
+
+def load_split(
+    name: str, split: str, data_dir: str | None = None, download: bool = True
+) -> ArraySplit:
+    """Reads one split, whole, through the TFDS data source into memory.
+
+    Args:
+      name: an embedded dataset (`EMBEDDED_DATASETS`) or `"tfds:NAME[/CONFIG][:VERSION]"`.
+      split: a split name or any TFDS split expression (`"train[:90%]"`,
+        `"train[:1000]+validation"`). Indices in batches refer to positions in this
+        (possibly sliced) split.
+      data_dir: TFDS data dir; see `resolve_data_dir`.
+      download: as in `get_info`.
+
+    Returns:
+      The split as uint8 (N, H, W, C) images and int32 (N,) labels.
+
+    Raises:
+      DatasetError: unknown dataset or split, dataset not prepared, or not readable as a
+        data source (e.g. prepared as tfrecord instead of array_record).
+    """
+    builder = _prepared_builder(name, data_dir, download)
+    info = _info_from_builder(name, builder)
+    try:
+        source = builder.as_data_source(split)
+    except NotImplementedError as e:  # Prepared in a format without random access.
+        raise DatasetError(
+            f"Dataset '{name}' in {builder.data_dir} is not stored as array_record, which "
+            f"random access needs; prepare it again with --file_format array_record. ({e})"
+        ) from e
+    except (ValueError, KeyError) as e:
+        raise DatasetError(
+            f"Cannot read split '{split}' of dataset '{name}': {str(e).splitlines()[0]} "
+            f"Available splits: {', '.join(info.splits)} (slices like 'train[:90%]' work too)."
+        ) from e
+
+    image_key, label_key = _feature_keys(builder)
+    images = np.zeros((len(source), *info.image_shape), np.uint8)
+    labels = np.zeros((len(source),), np.int32)
+    for start in range(0, len(source), _READ_CHUNK):
+        stop = min(start + _READ_CHUNK, len(source))
+        for i, example in enumerate(source.__getitems__(range(start, stop)), start):
+            images[i] = np.asarray(example[image_key]).reshape(info.image_shape)
+            labels[i] = example[label_key]
+    return ArraySplit(images=images, labels=labels, info=info)
+
+
+# ---------------------------------------------------------------------------------------
+# Training and evaluation batches.
+# ---------------------------------------------------------------------------------------
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Returns the number of full global batches in one epoch (the remainder is dropped).
+
+    Raises:
+      ConfigError: `batch_size` is not positive or larger than `num_examples`.
+    """
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}.")
+    if batch_size > num_examples:
+        raise ConfigError(
+            f"batch_size {batch_size} is larger than the split ({num_examples} examples)."
+        )
+    return num_examples // batch_size
+
+
+class _GatherBatch:
+    """Turns a batch of example indices into arrays (a class, so workers can pickle it)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, start: int, stop: int):
+        self.images, self.labels, self.start, self.stop = images, labels, start, stop
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        # Each process gathers only its own contiguous slice of the global batch.
+        idx = np.asarray(indices, np.int64)[self.start : self.stop]
+        return {
+            "image": self.images[idx],
+            "label": self.labels[idx],
+            "index": idx.astype(np.int32),
+        }
+
+
+def _grain_seed(seed: int) -> int:
+    # Grain seeds epoch e of `shuffle(seed=s)` with `s + e`, so seeds 0 and 1 would share
+    # their epoch orders shifted by one; hashing the seed keeps nearby seeds unrelated.
+    return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+
+
+def train_dataset(
+    split: ArraySplit,
+    batch_size: int,
+    seed: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """Returns the infinite, random-access training stream; `ds[step]` is step's batch.
+
+    Epoch `e` is its own permutation of the split (Grain's shuffle reseeds every epoch),
+    cut into `steps_per_epoch(len(split), batch_size)` batches; the last incomplete batch
+    of each epoch is dropped, so batches never straddle epochs and an epoch sees every
+    example at most once. Step `s` belongs to epoch `s // steps_per_epoch`.
+
+    Args:
+      split: the training split.
+      batch_size: the GLOBAL batch size, summed over processes.
+      seed: non-negative shuffling seed.
+      process_index: this process (`jax.process_index()`).
+      process_count: number of processes (`jax.process_count()`); each process gets the
+        contiguous slice `[p * B / P : (p + 1) * B / P]` of every global batch.
+
+    Returns:
+      A `grain.MapDataset` of dicts: `"image"` uint8 (B/P, H, W, C), `"label"` int32
+      (B/P,), `"index"` int32 (B/P,) positions in `split`.
+
+    Raises:
+      ConfigError: bad batch size, seed, or process arguments.
+    """
+    steps_per_epoch(len(split), batch_size)  # Validates batch_size.
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ConfigError(
+            f"process_index must be in [0, process_count); got {process_index} of {process_count}."
+        )
+    if batch_size % process_count:
+        raise ConfigError(
+            f"batch_size {batch_size} (global) is not divisible by the {process_count} processes."
+        )
+    if seed < 0:
+        raise ConfigError(f"seed must be non-negative, got {seed}.")
+    per_process = batch_size // process_count
+    gather = _GatherBatch(
+        split.images,
+        split.labels,
+        process_index * per_process,
+        (process_index + 1) * per_process,
+    )
+    # shuffle -> batch -> repeat: BatchMapDataset maps batch `i` of epoch `e` to parent
+    # indices `e * N + ...`, so the shuffle sees the epoch and draws a fresh permutation.
+    return (
+        grain.MapDataset.range(len(split))
+        .shuffle(seed=_grain_seed(seed))
+        .batch(batch_size, drop_remainder=True)
+        .repeat(None)
+        .map(gather)
+    )
+
+
+def eval_batches(split: ArraySplit, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Yields every example exactly once, in order, in fixed-size batches.
+
+    The last batch is padded with zeros to `batch_size`; `"mask"` is False on padding, so
+    metrics summed over `mask` are exact (and jit sees a single batch shape).
+
+    Args:
+      split: the split to evaluate.
+      batch_size: examples per batch.
+
+    Returns:
+      An iterator of dicts: `"image"` uint8 (B, H, W, C), `"label"` int32 (B,),
+      `"index"` int32 (B,), `"mask"` bool (B,).
+    """
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}.")
+    n = len(split)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pad = batch_size - (stop - start)
+        batch = {
+            "image": split.images[start:stop],
+            "label": split.labels[start:stop],
+            "index": np.arange(start, stop, dtype=np.int32),
+            "mask": np.ones(stop - start, bool),
+        }
+        if pad:
+            batch = {
+                k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+                for k, v in batch.items()
+            }
+        yield batch
+
+
+def iterate(
+    ds: grain.MapDataset, start_step: int, num_workers: int = 0, prefetch: int = 2
+) -> grain.DatasetIterator:
+    """Returns an iterator over `ds[start_step:]`, i.e. the batches of steps >= start_step.
+
+    Args:
+      ds: a dataset from `train_dataset`.
+      start_step: the first step to yield (the step a resumed run continues from).
+      num_workers: Grain worker processes; 0 builds batches in this process. The batches
+        are the same for any number of workers.
+      prefetch: batches buffered ahead (per worker when `num_workers > 0`).
+
+    Returns:
+      A Grain iterator; call `.close()` on it when done if `num_workers > 0`.
+    """
+    if start_step < 0:
+        raise ConfigError(f"start_step must be non-negative, got {start_step}.")
+    if num_workers < 0 or prefetch < 0:
+        raise ConfigError(
+            f"num_workers and prefetch must be non-negative, got {num_workers}, {prefetch}."
+        )
+    # In-memory gathers are cheap; one reader thread overlaps them with the caller.
+    read_options = grain.ReadOptions(
+        num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch
+    )
+    it_ds = ds[start_step:].to_iter_dataset(read_options)
+    if num_workers > 0:
+        # Grain workers read absl flags; outside an absl app they are not parsed yet.
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(
+            num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)
+        )
+        it_ds = it_ds.mp_prefetch(options)
+    return iter(it_ds)

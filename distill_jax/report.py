@@ -1,0 +1,157 @@
+"""The comparison report of `distill-jax run`: report.json, report.md and plots.
+
+Each entry (`teacher`, `student_scratch`, `student_scratch_aug`, `student_kd`) holds the
+mean over seeds of every test metric (`test_accuracy`, `test_nll`, `ece`, `agreement`,
+...), its standard deviation under `<metric>_std`, and the per-seed values under `seeds`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# How each entry is described in the Markdown table.
+DESCRIPTIONS = {
+    "teacher": "teacher",
+    "student_scratch": "student alone",
+    "student_scratch_aug": "student alone + teacher's jitter",
+    "student_kd": "student distilled",
+}
+_RENAME = {"accuracy": "test_accuracy", "nll": "test_nll"}
+
+
+def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) of each metric."""
+    out: dict[str, Any] = {"n_seeds": len(per_seed), "seeds": list(per_seed)}
+    keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], int | float)]
+    for k in keys:
+        values = np.asarray([float(r[k]) for r in per_seed], np.float64)
+        out[k] = float(values.mean())
+        out[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def test_record(result_test: dict[str, Any], seed: int, workdir: str) -> dict[str, Any]:
+    """One seed's record with report names (`test_accuracy`, `test_nll`, `test_errors`)."""
+    rec = {_RENAME.get(k, k): v for k, v in result_test.items()}
+    rec["test_errors"] = int(round((1.0 - rec["test_accuracy"]) * rec["count"]))
+    rec["seed"] = seed
+    rec["workdir"] = workdir
+    return rec
+
+
+def _fmt(entry: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
+    if (
+        key not in entry
+        or entry[key] is None
+        or (isinstance(entry[key], float) and math.isnan(entry[key]))
+    ):
+        return "-"
+    mean = entry[key] * scale
+    if entry.get("n_seeds", 1) > 1:
+        return f"{mean:.{digits}f} ± {entry[f'{key}_std'] * scale:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report's entries as a Markdown table (accuracy and agreement in %)."""
+    head = (
+        "| model | params | test acc % | test errors | NLL | ECE % | agreement % "
+        "| KL(t‖s) | ms/example | seeds |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for name, entry in report["results"].items():
+        rows.append(
+            f"| {DESCRIPTIONS.get(name, name)} (`{name}`) | {entry['params'] / 1e6:.2f}M "
+            f"| {_fmt(entry, 'test_accuracy', 100)} | {_fmt(entry, 'test_errors', 1, 1)} "
+            f"| {_fmt(entry, 'test_nll', 1, 3)} | {_fmt(entry, 'ece', 100)} "
+            f"| {_fmt(entry, 'agreement', 100)} | {_fmt(entry, 'kl', 1, 3)} "
+            f"| {_fmt(entry, 'latency_ms_per_example', 1, 4)} | {entry['n_seeds']} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def write_report(
+    workdir: str, report: dict[str, Any], curves: dict[str, list[list[dict[str, Any]]]]
+) -> dict[str, str]:
+    """Writes report.json, report.md and learning_curves.png into `workdir`.
+
+    Args:
+        workdir: the run's directory.
+        report: `{"results": {name: summary}, "meta": {...}}`.
+        curves: per entry, per seed, the metrics.jsonl records of that run.
+
+    Returns:
+        The paths written, by kind.
+    """
+    paths = {
+        "json": os.path.join(workdir, "report.json"),
+        "md": os.path.join(workdir, "report.md"),
+        "png": os.path.join(workdir, "learning_curves.png"),
+    }
+    _atomic_write(paths["json"], json.dumps(report, indent=2))
+    meta = report.get("meta", {})
+    md = [
+        f"# distill-jax report: {meta.get('dataset', '')}\n",
+        f"Test split: {meta.get('test_examples', '?')} examples. Students: mean ± std over "
+        f"{meta.get('seeds', 1)} seed(s). Wall time {meta.get('wall_time_s', 0):.0f} s on "
+        f"{meta.get('device', '?')}.\n",
+        markdown_table(report),
+        "\n![learning curves](learning_curves.png)\n",
+    ]
+    _atomic_write(paths["md"], "\n".join(md))
+    plot_learning_curves(curves, paths["png"])
+    return paths
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _curve(records: list[dict[str, Any]], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for r in records if r.get("split") == split and key in r]
+    return np.asarray([r["epoch"] for r in rows]), np.asarray([r[key] for r in rows])
+
+
+def plot_learning_curves(curves: dict[str, list[list[dict[str, Any]]]], path: str) -> None:
+    """Validation accuracy and training loss against epochs; mean ± std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, seeds in curves.items():
+        label = DESCRIPTIONS.get(name, name)
+        for ax, split, key in ((ax_acc, "validation", "accuracy"), (ax_loss, "train", "ce")):
+            series = [_curve(records, split, key) for records in seeds]
+            series = [s for s in series if len(s[0])]
+            if not series:
+                continue
+            n = min(len(s[0]) for s in series)
+            x = series[0][0][:n]
+            ys = np.stack([s[1][:n] for s in series])
+            mean = ys.mean(0)
+            (line,) = ax.plot(x, mean, label=label)
+            if len(series) > 1:
+                std = ys.std(0)
+                ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    ax_loss.set(
+        xlabel="epoch", ylabel="hard-label cross-entropy", title="Training CE", yscale="log"
+    )
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Training: TrainState, optimizers, train/eval steps, the loop and checkpoints."""

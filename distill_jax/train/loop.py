@@ -1,0 +1,452 @@
+"""The training loop shared by `train` (a model alone) and `distill` (student + teacher).
+
+`fit(config, workdir, role=...)` is importable from notebooks and tests. It
+
+1. resolves data, model, optimizer and parallel strategy, and checks teacher/student
+   compatibility -- all before any file in `workdir` is written;
+2. restores the latest checkpoint in `workdir`, if there is one;
+3. runs the jitted (or pmapped) step with a progress bar, logging train metrics to
+   `metrics.jsonl` one log window late (so the device never waits for the host), and
+   validating every `eval.every_epochs` epochs;
+4. saves checkpoints every `checkpoint.every_steps` steps, after each validation (the
+   best one is kept) and at the end;
+5. evaluates on the test split and returns the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from distill_jax import config as config_lib
+from distill_jax import data as data_lib
+from distill_jax.errors import CheckpointError, ConfigError
+from distill_jax.evaluation import Evaluator, model_summary
+from distill_jax.models import create_model
+from distill_jax.parallel import make_strategy
+from distill_jax.train.checkpointing import Checkpointer, has_checkpoint
+from distill_jax.train.optim import make_optimizer
+from distill_jax.train.state import Teacher, TrainState, create_train_state
+from distill_jax.train.steps import make_train_step
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclasses.dataclass
+class Data:
+    """The three splits of a run, loaded once into memory."""
+
+    train: data_lib.ArraySplit
+    validation: data_lib.ArraySplit
+    test: data_lib.ArraySplit
+
+    @property
+    def info(self) -> data_lib.DatasetInfo:
+        return self.train.info
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data_cached(name, data_dir, download, train, validation, test) -> Data:
+    load = functools.partial(data_lib.load_split, name, data_dir=data_dir, download=download)
+    return Data(train=load(train), validation=load(validation), test=load(test))
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+    """Loads (and caches in this process) the train/validation/test splits of a config."""
+    d = config.data
+    return _load_data_cached(
+        d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split
+    )
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+        workdir: the run's directory.
+        model: the trained module (inference form, no pmap axis).
+        variables: its trained variables.
+        test: test-split metrics (plus `params`, `flops_per_example`, latency).
+        history: the validation records of metrics.jsonl.
+        steps: total optimizer steps.
+        start_step: the step training started from (> 0 when resumed from a checkpoint).
+    """
+
+    workdir: str
+    model: nn.Module
+    variables: Any
+    test: dict[str, float]
+    history: list[dict[str, Any]]
+    steps: int
+    start_step: int = 0
+
+
+class MetricsWriter:
+    """Appends JSON records to `metrics.jsonl` (process 0 only)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.enabled = jax.process_index() == 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All records of a run's metrics.jsonl (empty when there is none)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------- teachers
+
+
+def load_teacher(teacher_dir: str, which: str = "latest") -> Teacher:
+    """Restores a teacher, read-only, from the workdir of a `train` run.
+
+    Args:
+        teacher_dir: a workdir written by `distill-jax train` (config.json + checkpoints/).
+        which: `latest` or `best` (by validation accuracy) checkpoint.
+
+    Raises:
+        CheckpointError: no such run, no checkpoint, or weights that do not fit the
+            architecture recorded in its config.
+    """
+    teacher_dir = os.path.abspath(teacher_dir)
+    cfg_path = os.path.join(teacher_dir, CONFIG_FILE)
+    ckpt_dir = os.path.join(teacher_dir, "checkpoints")
+    if not os.path.isfile(cfg_path) or not has_checkpoint(ckpt_dir):
+        raise CheckpointError(
+            f"teacher directory {teacher_dir} holds no distill-jax checkpoint "
+            f"(expected {CONFIG_FILE} and checkpoints/<step>/ written by `distill-jax train`)"
+        )
+    with open(cfg_path) as f:
+        spec = json.load(f)
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+    step = ckpt.latest_step() if step is None else step
+    raw, metadata = ckpt.restore(step)
+    model_cfg = spec["model"]
+    num_classes, image_shape = metadata["num_classes"], tuple(metadata["image_shape"])
+    model = create_model(model_cfg, num_classes, dtype=spec.get("dtype", "float32"))
+    variables = {"params": raw["params"]}
+    if raw.get("batch_stats"):
+        variables["batch_stats"] = raw["batch_stats"]
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False)
+    )
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), variables)
+    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), dict(expected))
+    if got != want:
+        raise CheckpointError(
+            f"teacher checkpoint {ckpt_dir}/{step} does not match its architecture "
+            f"{model_cfg}: parameter shapes differ"
+        )
+    identity = {
+        "workdir": teacher_dir,
+        "step": int(step),
+        "model": model_cfg,
+        "num_classes": num_classes,
+        "image_shape": list(image_shape),
+        "dataset": spec.get("data", {}).get("name"),
+    }
+    return Teacher(model=model, variables=jax.device_get(variables), identity=identity)
+
+
+def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--teacher") -> None:
+    """Refuses a teacher whose classes or input shape do not fit the student's dataset."""
+    if teacher.identity["num_classes"] != info.num_classes:
+        raise ConfigError(
+            f"teacher/student class-count mismatch: the teacher ({key} "
+            f"{teacher.identity['workdir']}) has {teacher.identity['num_classes']} classes, "
+            f"dataset '{info.name}' has {info.num_classes}"
+        )
+    if tuple(teacher.identity["image_shape"]) != tuple(info.image_shape):
+        raise ConfigError(
+            f"teacher/student input mismatch: the teacher was trained on images of shape "
+            f"{tuple(teacher.identity['image_shape'])}, dataset '{info.name}' has "
+            f"{tuple(info.image_shape)}"
+        )
+
+
+# --------------------------------------------------------------------------------- fit
+
+
+def run_spec(
+    config: ml_collections.ConfigDict,
+    role: str,
+    seed: int,
+    translate: int,
+    teacher: Teacher | None,
+) -> dict[str, Any]:
+    """What defines a run: written to its config.json and compared on restart."""
+    cfg = config_lib.to_dict(config)
+    train = dict(cfg[role]["train"], translate=translate)
+    spec = {
+        "role": role,
+        "seed": seed,
+        "dtype": cfg["dtype"],
+        "data": cfg["data"],
+        "model": cfg[role]["model"],
+        "train": train,
+        "parallel": cfg["parallel"],
+        "teacher": None if teacher is None else teacher.identity,
+        "distill": None if teacher is None else cfg["distill"],
+    }
+    return spec
+
+
+def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("role", "seed", "dtype", "model", "train", "distill")
+    data_keys = ("name", "train_split")
+    ta = (a.get("teacher") or {}).get("workdir")
+    tb = (b.get("teacher") or {}).get("workdir")
+    return (
+        all(a.get(k) == b.get(k) for k in keys)
+        and all(a["data"].get(k) == b["data"].get(k) for k in data_keys)
+        and ta == tb
+    )
+
+
+def _prepare_workdir(workdir: str, spec: dict[str, Any], overwrite: bool) -> None:
+    """Creates the workdir, or checks that an existing one belongs to this run."""
+    cfg_path = os.path.join(workdir, CONFIG_FILE)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if os.path.exists(cfg_path) and has_checkpoint(ckpt_dir):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        if not _same_spec(old, spec):
+            if not overwrite:
+                raise ConfigError(
+                    f"workdir {workdir} holds a run of a different config; use a new "
+                    f"--workdir, or --overwrite to discard it"
+                )
+            shutil.rmtree(ckpt_dir)
+            for name in (METRICS_FILE,):
+                if os.path.exists(os.path.join(workdir, name)):
+                    os.remove(os.path.join(workdir, name))
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        tmp = cfg_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(spec, f, indent=2)
+        os.replace(tmp, cfg_path)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drops records logged after the checkpoint a run resumes from (they are redone)."""
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    role: str = "teacher",
+    seed: int | None = None,
+    teacher: Teacher | None = None,
+    compare_to: Teacher | None = None,
+    translate: int | None = None,
+    overwrite: bool = False,
+    desc: str | None = None,
+) -> FitResult:
+    """Trains `config[role]` (alone, or distilled from `teacher`) and evaluates it.
+
+    Args:
+        config: the validated config.
+        workdir: the run's directory; a checkpoint there is resumed.
+        role: `teacher` or `student`: which model and train section to use.
+        seed: init/dropout/shuffle seed (default `config.seed`).
+        teacher: distil from this teacher (student role); None trains on labels alone.
+        compare_to: a teacher to report agreement/KL against (default: `teacher`).
+        translate: override of `train.translate` (random translation, +-pixels).
+        overwrite: discard a checkpoint of a different config in `workdir`.
+        desc: progress bar label.
+
+    Returns:
+        The trained model, its variables and its test metrics.
+    """
+    if role not in config_lib.ROLES:
+        raise ConfigError(f"role must be one of {config_lib.ROLES}, got {role!r}")
+    seed = config.seed if seed is None else seed
+    train_cfg = config[role].train
+    translate = train_cfg.translate if translate is None else translate
+    compare_to = teacher if compare_to is None else compare_to
+
+    # -- 1. everything that can fail on bad input, before writing anything -------------
+    data = load_data(config)
+    info = data.info
+    for t in {id(t): t for t in (teacher, compare_to) if t is not None}.values():
+        check_teacher(t, info)
+    strategy = make_strategy(config.parallel.strategy)
+    strategy.check_batch(train_cfg.batch_size, f"{role}.train.batch_size")
+    batch_size = train_cfg.batch_size
+    steps_per_epoch = data_lib.steps_per_epoch(len(data.train), batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{role}.train.batch_size = {batch_size} is larger than the training split "
+            f"({len(data.train)} examples)"
+        )
+    total_steps = int(train_cfg.epochs * steps_per_epoch)
+    model = create_model(
+        config[role].model, info.num_classes, dtype=config.dtype, axis_name=strategy.axis_name
+    )
+    eval_model = create_model(config[role].model, info.num_classes, dtype=config.dtype)
+    tx, schedule = make_optimizer(train_cfg, steps_per_epoch)
+    spec = run_spec(config, role, seed, translate, teacher)
+
+    # -- 2. workdir and restore ---------------------------------------------------------
+    _prepare_workdir(workdir, spec, overwrite)
+    state = create_train_state(model, tx, info.image_shape, seed)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    if ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(target=state)
+    start_step = int(state.step)
+    _truncate_metrics(os.path.join(workdir, METRICS_FILE), start_step)
+    metadata = {
+        "role": role,
+        "num_classes": info.num_classes,
+        "image_shape": list(info.image_shape),
+        "teacher": None if teacher is None else teacher.identity,
+        "config": spec,
+    }
+
+    # -- 3. the step, compiled once ----------------------------------------------------
+    distill = config.distill
+    step_fn = make_train_step(
+        model,
+        tx,
+        teacher_model=None if teacher is None else teacher.model,
+        alpha=distill.alpha,
+        temperature=distill.temperature,
+        label_smoothing=train_cfg.label_smoothing,
+        translate=translate,
+        schedule=schedule,
+        axis_name=strategy.axis_name,
+    )
+    p_step = strategy.compile_step(step_fn)
+    teacher_vars = None if teacher is None else strategy.put_replicated(teacher.variables)
+    validate = Evaluator(eval_model, batch_size=config.data.eval_batch_size)
+    writer = MetricsWriter(os.path.join(workdir, METRICS_FILE))
+    train_ds = data_lib.train_dataset(
+        data.train,
+        batch_size,
+        seed=seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    # -- 4. the loop -----------------------------------------------------------------
+    state = strategy.put_replicated(state)
+    pending: list[Any] = []  # device metrics of the current log window
+
+    def flush(step: int) -> dict[str, float]:
+        if not pending:
+            return {}
+        fetched = jax.device_get(pending)
+        pending.clear()
+        means = {k: float(np.mean([np.mean(m[k]) for m in fetched])) for k in fetched[0]}
+        writer.write({"step": step, "epoch": step / steps_per_epoch, "split": "train", **means})
+        return means
+
+    def save(step: int, metrics: dict[str, float] | None = None) -> None:
+        ckpt.save(step, jax.device_get(strategy.get(state)), metadata, metrics=metrics)
+
+    show = config.log.progress and jax.process_index() == 0
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=desc or role,
+        disable=not show or None,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    batches = data_lib.iterate(train_ds, start_step, num_workers=config.data.num_workers)
+    last_saved = start_step if start_step > 0 else None
+    for step in range(start_step, total_steps):
+        batch = strategy.put_batch(next(batches))
+        state, metrics = p_step(state, teacher_vars, batch)
+        pending.append(metrics)
+        done = step + 1
+        if done % config.log.every_steps == 0 or done == total_steps:
+            means = flush(done)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
+        epoch_end = done % steps_per_epoch == 0
+        epoch = done // steps_per_epoch
+        val_metrics = None
+        if (epoch_end and epoch % config.eval.every_epochs == 0) or done == total_steps:
+            flush(done)
+            val = validate(strategy.get(state).variables, data.validation)
+            val_metrics = {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
+            writer.write(
+                {
+                    "step": done,
+                    "epoch": done / steps_per_epoch,
+                    "split": "validation",
+                    **{k: val[k] for k in ("accuracy", "nll", "ece")},
+                }
+            )
+            bar.set_postfix(val_acc=f"{val['accuracy']:.4f}")
+        if val_metrics is not None or done % config.checkpoint.every_steps == 0:
+            save(done, val_metrics)
+            last_saved = done
+        bar.update(1)
+    bar.close()
+    if last_saved != total_steps and ckpt.latest_step() != total_steps:
+        save(total_steps)
+    ckpt.close()
+
+    # -- 5. test ------------------------------------------------------------------------
+    final = jax.device_get(strategy.get(state))
+    variables = final.variables
+    tester = Evaluator(eval_model, teacher=compare_to, batch_size=config.data.eval_batch_size)
+    test = tester(variables, data.test)
+    test.update(
+        model_summary(eval_model, variables, info.image_shape, config.eval.latency_batch_size)
+    )
+    history = [r for r in read_metrics(workdir) if r.get("split") == "validation"]
+    return FitResult(workdir, eval_model, variables, test, history, total_steps, start_step)
+
+
+def restore_model(workdir: str, which: str = "latest") -> tuple[nn.Module, Any, dict]:
+    """The model, variables and run spec of a finished run (for `evaluate`)."""
+    teacher = load_teacher(workdir, which)
+    return teacher.model, teacher.variables, teacher.identity
+
+
+__all__ = [
+    "Data",
+    "FitResult",
+    "TrainState",
+    "check_teacher",
+    "fit",
+    "load_data",
+    "load_teacher",
+    "read_metrics",
+    "restore_model",
+]

@@ -1,0 +1,85 @@
+"""The student's TrainState and the teacher handle.
+
+The TrainState holds only what training changes: the step, the student's parameters and
+BatchNorm statistics, the optimizer state and the base RNG key. Per-step randomness is
+`fold_in(rng, step)`, so a resumed run draws exactly the numbers of an uninterrupted one.
+The teacher is never part of it: it is a frozen input of the step (`Teacher`).
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint needs to resume training the student.
+
+    Attributes:
+        step: optimizer steps taken (also the global batch index of the next step).
+        params: student parameters.
+        batch_stats: BatchNorm running statistics ({} for models without BatchNorm).
+        opt_state: optimizer state.
+        rng: base PRNG key (raw uint32 key data) from which each step's key is folded.
+        extra: trainable parameters of losses (regressors, embeddings); {} for plain KD.
+    """
+
+    step: jnp.ndarray
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jnp.ndarray
+    extra: Any = dataclasses.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The student's variables for `model.apply`."""
+        if self.batch_stats:
+            return {"params": self.params, "batch_stats": self.batch_stats}
+        return {"params": self.params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A frozen teacher: its module, its variables, and where it came from.
+
+    Attributes:
+        model: the Linen module (applied with `train=False`).
+        variables: `{"params": ..., "batch_stats": ...}`; never updated or donated.
+        identity: JSON-serialisable description (workdir, step, model config) stored in
+            the student's checkpoints and report.
+    """
+
+    model: nn.Module
+    variables: Any
+    identity: dict[str, Any]
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    seed: int,
+) -> TrainState:
+    """A fresh TrainState for `model`, deterministic in `seed`."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = model.init(init_key, dummy, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=train_key,
+    )
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,54 @@
+"""Test setup: 8 fake CPU devices, a shared prepared data dir, tiny configs.
+
+XLA_FLAGS must be set before jax is imported anywhere, so it happens at the top of this
+file, which pytest imports first.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir shared by the whole session (datasets are prepared once)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_overrides(data_dir: str, **extra) -> list[str]:
+    """Overrides that make a run on `digits` take seconds: tiny MLPs, two epochs."""
+    items = {
+        "data.name": "digits",
+        "data.data_dir": data_dir,
+        "data.eval_batch_size": 200,
+        "teacher.model": {"name": "mlp", "hidden": [32]},
+        "student.model": {"name": "mlp", "hidden": [16]},
+        "teacher.train.epochs": 2,
+        "student.train.epochs": 2,
+        "teacher.train.batch_size": 64,
+        "student.train.batch_size": 64,
+        "teacher.train.translate": 1,
+        "run.seeds": 1,
+        "eval.latency_batch_size": 8,
+        "log.progress": False,
+        "log.every_steps": 5,
+        "checkpoint.every_steps": 10,
+    }
+    items.update(extra)
+    return [f"{k}={v!r}" for k, v in items.items()]
+
+
+@pytest.fixture
+def tiny_config(data_dir):
+    """A validated tiny config; pass overrides as `tiny_config(**{"key": value})`."""
+    from distill_jax.config import load_config
+
+    def make(**extra):
+        return load_config(None, tiny_overrides(data_dir, **extra))
+
+    return make
