@@ -31,7 +31,8 @@ def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], int | float)]
     for k in keys:
         values = np.asarray([float(r[k]) for r in per_seed], np.float64)
-        out[k] = float(values.mean())
+        same_int = isinstance(per_seed[0][k], int) and np.all(values == values[0])
+        out[k] = int(per_seed[0][k]) if same_int else float(values.mean())
         out[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
 
