@@ -54,6 +54,8 @@ def _fmt(entry: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -
     ):
         return "-"
     mean = entry[key] * scale
+    if isinstance(entry[key], int):
+        return str(entry[key])
     if entry.get("n_seeds", 1) > 1:
         return f"{mean:.{digits}f} ± {entry[f'{key}_std'] * scale:.{digits}f}"
     return f"{mean:.{digits}f}"

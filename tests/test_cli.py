@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_overrides
+
 from distill_jax.cli import main
 
 

@@ -123,3 +123,34 @@ def test_jit_sharded_and_pmap_match_single_device(tiny_config, student_cfg):
         ):
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_teacher_and_student_see_the_same_augmented_view(tiny_config):
+    """With alpha = 0 the step's KD term equals KD computed on one shared translated view."""
+    from distill_jax.data.augment import to_float
+    from distill_jax.losses import kd_loss
+
+    config = tiny_config()
+    student = create_model({"name": "mlp", "hidden": [16]}, 10)
+    teacher = create_model({"name": "mlp", "hidden": [32]}, 10)
+    teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, *IMAGE_SHAPE)))
+    tx, _ = make_optimizer(config.student.train.to_dict(), steps_per_epoch=10)
+    state = create_train_state(student, tx, IMAGE_SHAPE, seed=0)
+    step = make_train_step(
+        student, tx, teacher_model=teacher, alpha=0.0, temperature=2.0, translate=2
+    )
+    batch = _batch()
+    _, metrics = jax.jit(step)(state, teacher_vars, batch)
+
+    aug_key, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    images = to_float(jnp.asarray(batch["image"]))
+    view = random_translate(aug_key, images, jnp.asarray(batch["index"]), 2)
+    assert not np.array_equal(view, images)
+
+    def kd(student_images, teacher_images):
+        s, _ = student.apply({"params": state.params}, student_images)
+        t, _ = teacher.apply(teacher_vars, teacher_images)
+        return float(kd_loss(s, t, temperature=2.0))
+
+    np.testing.assert_allclose(float(metrics["kd"]), kd(view, view), rtol=1e-5)
+    assert abs(float(metrics["kd"]) - kd(view, images)) > 1e-4

@@ -66,18 +66,26 @@ def create_train_state(
     image_shape: tuple[int, ...],
     seed: int,
 ) -> TrainState:
-    """A fresh TrainState for `model`, deterministic in `seed`."""
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = model.init(init_key, dummy, train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        rng=train_key,
-    )
+    """A fresh TrainState for `model`, deterministic in `seed`.
+
+    Initialisation is jit-compiled: run eagerly, every initialiser op would be dispatched
+    (and compiled) one by one, which costs seconds for a small MLP on CPU.
+    """
+
+    def init(seed_key):
+        init_key, train_key = jax.random.split(seed_key)
+        dummy = jnp.zeros((1, *image_shape), jnp.float32)
+        variables = model.init(init_key, dummy, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=train_key,
+        )
+
+    return jax.jit(init)(jax.random.PRNGKey(seed))
 
 
 def count_params(params: Any) -> int:
