@@ -55,8 +55,11 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class _ArrayImageBuilder(tfds.core.GeneratorBasedBuilder):
+class _ArrayImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared logic: a grayscale 10-class dataset held as arrays by a Python package.
+
+    The concrete subclasses register in TFDS's registry under their `name`, so
+    `tfds.builder("digits", data_dir=...)` (and `tfds:digits` here) finds them too.
 
     Subclasses set `name`, `VERSION`, `IMAGE_SIZE`, `SPLIT_SIZES`, `_DESCRIPTION`,
     `_HOMEPAGE`, `_CITATION` and implement `load_source`.
