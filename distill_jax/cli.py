@@ -136,7 +136,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from distill_jax.evaluation import Evaluator, model_summary
     from distill_jax.train import loop
 
-    run = loop.load_teacher(args.workdir, args.checkpoint)  # any finished run loads alike
+    run = loop.load_teacher(args.workdir, args.checkpoint, what="run")  # any run loads alike
     with open(os.path.join(args.workdir, loop.CONFIG_FILE)) as f:
         spec = json.load(f)
     data_cfg = dict(spec["data"], data_dir=args.data_dir or spec["data"].get("data_dir"))

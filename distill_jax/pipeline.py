@@ -58,9 +58,6 @@ def run(
         raise config_lib.ConfigError(f"--seeds must be >= 1, got {seeds}")
     t0 = time.time()
     data = load_data(config)  # fails early on a bad dataset
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config_lib.to_dict(config), f, indent=2)
     say = print if verbose else (lambda *a, **k: None)
 
     say(f"[1/3] teacher: {config.teacher.model.to_dict()}")
@@ -109,6 +106,10 @@ def run(
             "distill": config.distill.to_dict(),
         },
     }
+    # Written with the report, not at the start: a start that fails (say, on a workdir
+    # holding runs of another config) must leave the workdir as it was.
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config_lib.to_dict(config), f, indent=2)
     _merge_metrics(workdir, curves)
     paths = write_report(workdir, report, curves)
     say("\n" + markdown_table(report))

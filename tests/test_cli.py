@@ -102,3 +102,10 @@ def test_console_script_exit_code_and_help():
     )
     assert bad.returncode == 2
     assert "did you mean 'optimizer'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_evaluate_without_a_run_is_one_clear_message(tmp_path, capsys):
+    assert main(["evaluate", "--workdir", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "run directory" in err and "holds no distill-jax checkpoint" in err
+    assert not (tmp_path / "nothing").exists()

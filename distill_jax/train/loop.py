@@ -119,12 +119,13 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- teachers
 
 
-def load_teacher(teacher_dir: str, which: str = "latest") -> Teacher:
+def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher") -> Teacher:
     """Restores a teacher, read-only, from the workdir of a `train` run.
 
     Args:
         teacher_dir: a workdir written by `distill-jax train` (config.json + checkpoints/).
         which: `latest` or `best` (by validation accuracy) checkpoint.
+        what: how the directory is named in error messages.
 
     Raises:
         CheckpointError: no such run, no checkpoint, or weights that do not fit the
@@ -135,7 +136,7 @@ def load_teacher(teacher_dir: str, which: str = "latest") -> Teacher:
     ckpt_dir = os.path.join(teacher_dir, "checkpoints")
     if not os.path.isfile(cfg_path) or not has_checkpoint(ckpt_dir):
         raise CheckpointError(
-            f"teacher directory {teacher_dir} holds no distill-jax checkpoint "
+            f"{what} directory {teacher_dir} holds no distill-jax checkpoint "
             f"(expected {CONFIG_FILE} and checkpoints/<step>/ written by `distill-jax train`)"
         )
     with open(cfg_path) as f:
@@ -433,12 +434,6 @@ def fit(
     return FitResult(workdir, eval_model, variables, test, history, total_steps, start_step)
 
 
-def restore_model(workdir: str, which: str = "latest") -> tuple[nn.Module, Any, dict]:
-    """The model, variables and run spec of a finished run (for `evaluate`)."""
-    teacher = load_teacher(workdir, which)
-    return teacher.model, teacher.variables, teacher.identity
-
-
 __all__ = [
     "Data",
     "FitResult",
@@ -448,5 +443,4 @@ __all__ = [
     "load_data",
     "load_teacher",
     "read_metrics",
-    "restore_model",
 ]
