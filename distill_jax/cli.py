@@ -8,7 +8,8 @@
 Any config key can be overridden with `--config.KEY=VALUE` (e.g.
 `--config.student.train.epochs=5`; values are Python literals or bare strings). Errors a
 user can cause are reported as one line on stderr with exit code 2 (`--debug` shows the
-traceback); they are detected before any training starts.
+traceback); they are detected before any training starts. A diverged run (NaN/Inf) exits
+with 3, a preempted one (SIGTERM/SIGINT: checkpoint written) with 75.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from distill_jax.errors import ConfigError, DistillError
+from distill_jax.errors import ConfigError, DistillError, Preempted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DistillError as e:
         if args.debug:
             raise
-        print(f"distill-jax: error: {e}", file=sys.stderr)
-        return 2
+        kind = "preempted" if isinstance(e, Preempted) else "error"
+        print(f"distill-jax: {kind}: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -28,6 +28,7 @@ SCHEDULES = ("constant", "cosine", "step")
 STRATEGIES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 TEACHER_CHECKPOINTS = ("latest", "best")
+ON_NONFINITE = ("stop", "skip")
 # Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
 _FREE_KEYS = ("teacher.model", "student.model")
 
@@ -48,6 +49,7 @@ def _train_defaults(**overrides: Any) -> dict[str, Any]:
         "grad_clip": 0.0,  # global-norm clipping (0: off)
         "label_smoothing": 0.0,
         "translate": 0,  # random translation augmentation, +-pixels (0: off)
+        "on_nonfinite": "stop",  # NaN/Inf loss or gradients: stop | skip (the step)
     }
     train.update(overrides)
     return train
@@ -290,6 +292,7 @@ def validate(cfg: dict[str, Any]) -> None:
         key = f"{role}.train"
         _choice(t["optimizer"], OPTIMIZERS, f"{key}.optimizer")
         _choice(t["schedule"], SCHEDULES, f"{key}.schedule")
+        _choice(t["on_nonfinite"], ON_NONFINITE, f"{key}.on_nonfinite")
         _positive(t["epochs"], f"{key}.epochs")
         _positive(t["batch_size"], f"{key}.batch_size")
         _positive(t["learning_rate"], f"{key}.learning_rate")

@@ -2,12 +2,19 @@
 
 Every error a user can cause (a typo in a config, an unknown dataset, a missing teacher
 checkpoint) is raised as a subclass of `DistillError`. The CLI prints its message on one
-line and exits with code 2, without a traceback, before any training starts.
+line, without a traceback, and exits with the error's `exit_code`: 2 for bad input
+(detected before any training starts), 3 for a diverged run, 75 for a preempted one.
 """
 
 
 class DistillError(Exception):
-    """Base class of the errors the CLI reports as one clear message."""
+    """Base class of the errors the CLI reports as one clear message.
+
+    Attributes:
+        exit_code: the CLI's exit status for this error (2: bad input).
+    """
+
+    exit_code = 2
 
 
 class ConfigError(DistillError, ValueError):
@@ -20,3 +27,18 @@ class DatasetError(DistillError):
 
 class CheckpointError(DistillError):
     """A checkpoint that is missing, corrupt, or does not match the config."""
+
+
+class DivergenceError(DistillError):
+    """The loss or the gradients became NaN or Inf; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class Preempted(DistillError):
+    """SIGTERM/SIGINT arrived: the current step finished and a checkpoint was written.
+
+    Exit code 75 (EX_TEMPFAIL): a scheduler should simply run the same command again.
+    """
+
+    exit_code = 75

@@ -4,11 +4,22 @@ A checkpoint holds two items: `state` (the TrainState pytree) and `metadata` (JS
 step, the data iterator position, the validation metrics, the resolved config and the
 teacher's identity). The manager keeps the latest `keep` steps *and* the best step by
 validation accuracy, so keeping the best never deletes the newest step.
+
+Integrity. Orbax writes each step into a temporary folder and renames it when complete, so
+a half-written step is never listed. That is not enough: a truncated file makes Orbax's
+restore fail without falling back, and flipped bytes restore silently with wrong values.
+So once a save is on disk, a SHA-256 digest of every file of the step is written to
+`checksums/<step>.json`, and `restore_verified` checks it: a step whose files are missing,
+changed or unverified is reported and skipped for the newest step that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -19,6 +30,21 @@ from distill_jax.errors import CheckpointError
 
 BEST_METRIC = "val_accuracy"
 _ITEMS = ("state", "metadata")
+CHECKSUM_DIR = "checksums"
+NO_CHECKSUM = "it has no checksum (its save did not finish)"
+
+log = logging.getLogger(__name__)
+
+
+def step_digest(step_dir: str) -> dict[str, str]:
+    """SHA-256 of every file under a step folder, keyed by relative path."""
+    digests = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, step_dir)] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(digests.items()))
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
@@ -36,6 +62,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2, read_only: bool = False):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.read_only = read_only
+        self._unchecked: set[int] = set()  # saved steps whose checksum is not written yet
         if read_only:
             options = ocp.CheckpointManagerOptions(read_only=True)
         else:
@@ -77,6 +105,8 @@ class Checkpointer:
                 the best; steps saved without metrics are only kept while among the latest.
         """
         metadata = {**metadata, "step": int(step), "metrics": metrics}
+        self.finalize()  # checksum the previous save if it has finished
+        self._unchecked.add(int(step))
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -134,13 +164,129 @@ class Checkpointer:
         return best
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
+        """Blocks until pending asynchronous saves are on disk (and checksummed)."""
         self._manager.wait_until_finished()
+        self._write_checksums()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.wait_until_finished()
+        """Waits for pending saves and releases the manager (idempotent)."""
+        if self._manager is None:
+            return
+        self.wait()
         self._manager.close()
+        self._manager = None
+
+    # -- integrity --------------------------------------------------------------------
+    def _checksum_path(self, step: int) -> str:
+        return os.path.join(self.directory, CHECKSUM_DIR, f"{step}.json")
+
+    def finalize(self) -> None:
+        """Checksums saves that have been committed; cheap, so the loop calls it each step."""
+        if self._unchecked:
+            self._write_checksums()
+
+    def _committed_steps(self) -> list[int]:
+        # Orbax writes a step into a temporary folder and renames it to `<step>` once
+        # complete, so a folder with the bare step number is a committed step.
+        return sorted(
+            int(name)
+            for name in os.listdir(self.directory)
+            if name.isdigit() and os.path.isdir(os.path.join(self.directory, name))
+        )
+
+    def _write_checksums(self) -> None:
+        """Checksums committed steps that have none (even while a newer save is in flight)
+        and drops the checksums of steps Orbax has deleted."""
+        if self.read_only:
+            return
+        steps = self._committed_steps()
+        checksum_dir = os.path.join(self.directory, CHECKSUM_DIR)
+        os.makedirs(checksum_dir, exist_ok=True)
+        for name in os.listdir(checksum_dir):
+            stem = name.removesuffix(".json")
+            if stem.isdigit() and int(stem) not in steps:
+                os.remove(os.path.join(checksum_dir, name))
+        for step in steps:
+            path = self._checksum_path(step)
+            if os.path.exists(path):
+                continue
+            try:
+                digest = step_digest(os.path.join(self.directory, str(step)))
+            except FileNotFoundError:  # deleted by Orbax's retention meanwhile
+                continue
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(digest, f, indent=0)
+            os.replace(tmp, path)  # atomic: a checksum file is whole or absent
+        self._unchecked -= set(steps)
+        self._unchecked = {s for s in self._unchecked if s > max(steps, default=-1)}
+
+    def verify(self, step: int) -> str | None:
+        """Checks a step against its checksum; returns what is wrong, or None if intact."""
+        path = self._checksum_path(step)
+        if not os.path.exists(path):
+            return NO_CHECKSUM
+        with open(path) as f:
+            expected = json.load(f)
+        actual = step_digest(os.path.join(self.directory, str(step)))
+        missing = sorted(set(expected) - set(actual))
+        if missing:
+            return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+        changed = sorted(k for k in expected if actual.get(k) != expected[k])
+        if changed:
+            return f"{len(changed)} file(s) changed, e.g. {changed[0]}"
+        return None
+
+    def restore_verified(self, target: Any = None) -> tuple[Any, dict[str, Any], list[str]]:
+        """Restores the newest step that verifies and reads back, falling back past corrupt ones.
+
+        Returns:
+            `(state, metadata, problems)`, where `problems` maps each newer step that was
+            skipped to what is wrong with it (empty when the latest step was fine).
+
+        Raises:
+            CheckpointError: there are steps but none of them is intact. A run never
+                silently starts from scratch over a workdir that had progress.
+        """
+        problems: dict[int, str] = {}
+        unverified = []  # committed steps whose checksum was never written
+        for step in reversed(self.all_steps()):
+            reason = self.verify(step)
+            if reason is None:
+                try:
+                    state, metadata = self.restore(step, target)
+                    return state, metadata, problems
+                except CheckpointError as e:
+                    reason = str(e)
+            elif reason == NO_CHECKSUM:
+                unverified.append(step)
+            problems[step] = f"checkpoint step {step} in {self.directory} is corrupt: {reason}"
+            log.warning(problems[step])
+        # Last resort: a step Orbax committed but whose checksum was never written (killed
+        # right after the commit). It cannot be verified, but starting over would be worse.
+        for step in unverified:
+            try:
+                state, metadata = self.restore(step, target)
+            except CheckpointError:
+                continue
+            log.warning("resuming from unverified checkpoint step %d", step)
+            return state, metadata, {s: p for s, p in problems.items() if s > step}
+        raise CheckpointError(
+            "no intact checkpoint to resume from; "
+            + "; ".join(problems.values())
+            + ". Restore the files, or start afresh in a new --workdir (or with --overwrite)"
+        )
+
+    def quarantine(self, step: int) -> str:
+        """Moves a corrupt step aside (`corrupt-<step>`) so it is never listed again."""
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"corrupt-{step}")
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(src, dst)
+        if os.path.exists(self._checksum_path(step)):
+            os.remove(self._checksum_path(step))
+        self._manager.reload()
+        return dst
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:

@@ -15,11 +15,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 from typing import Any
 
 import flax.linen as nn
@@ -31,7 +35,8 @@ from tqdm.auto import tqdm
 
 from distill_jax import config as config_lib
 from distill_jax import data as data_lib
-from distill_jax.errors import CheckpointError, ConfigError
+from distill_jax import faults
+from distill_jax.errors import CheckpointError, ConfigError, DivergenceError, Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.models import create_model
 from distill_jax.parallel import make_strategy
@@ -144,6 +149,12 @@ def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher")
     ckpt = Checkpointer(ckpt_dir, read_only=True)
     step = ckpt.best_step() if which == "best" else ckpt.latest_step()
     step = ckpt.latest_step() if step is None else step
+    problem = ckpt.verify(step)
+    if problem is not None:
+        raise CheckpointError(
+            f"{what} checkpoint {ckpt_dir}/{step} is corrupt: {problem}; retrain it or "
+            f"restore its files"
+        )
     raw, metadata = ckpt.restore(step)
     model_cfg = spec["model"]
     num_classes, image_shape = metadata["num_classes"], tuple(metadata["image_shape"])
@@ -244,12 +255,75 @@ def _prepare_workdir(workdir: str, spec: dict[str, Any], overwrite: bool) -> Non
             for name in (METRICS_FILE,):
                 if os.path.exists(os.path.join(workdir, name)):
                     os.remove(os.path.join(workdir, name))
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        tmp = cfg_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(spec, f, indent=2)
-        os.replace(tmp, cfg_path)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            tmp = cfg_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(spec, f, indent=2)
+            os.replace(tmp, cfg_path)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+class _PreemptionSignals:
+    """Turns SIGTERM/SIGINT into a request the loop honours after the current step.
+
+    A second SIGINT interrupts at once (KeyboardInterrupt), as a user pressing Ctrl-C twice
+    expects. Handlers can only be installed from the main thread; elsewhere (some notebook
+    and test runners) this is a no-op and the signals keep their default behaviour.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _PreemptionSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _closing(ckpt: Checkpointer):
+    """Closes the checkpointer however the loop ends: an in-flight save is finished, so
+    the last good checkpoint is complete even when a divergence or preemption stops the run."""
+    try:
+        yield ckpt
+    finally:
+        ckpt.close()
+
+
+def _nonfinite_terms(metrics: dict[str, Any]) -> str:
+    """Names the loss terms (or the gradients) that are NaN/Inf in one step's metrics."""
+    terms = [
+        k
+        for k in ("ce", "kd", *sorted(metrics))
+        if k in metrics
+        and k not in ("loss", "grad_norm", "nonfinite", "learning_rate", "accuracy", "agreement")
+    ]
+    bad = [k for k in dict.fromkeys(terms) if not np.all(np.isfinite(metrics[k]))]
+    if bad:
+        return "the loss term(s) " + ", ".join(f"'{k}'" for k in bad)
+    if not np.all(np.isfinite(metrics["loss"])):
+        return "the loss"
+    return "the gradients"
+
+
+def _count_skipped(workdir: str) -> int:
+    """Skipped steps logged before the checkpoint a run resumes from."""
+    train = [r for r in read_metrics(workdir) if r.get("split") == "train"]
+    return int(train[-1].get("skipped_steps", 0)) if train else 0
 
 
 def _truncate_metrics(path: str, step: int) -> None:
@@ -325,9 +399,18 @@ def fit(
     _prepare_workdir(workdir, spec, overwrite)
     state = create_train_state(model, tx, info.image_shape, seed)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
-    if ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(target=state)
+    if ckpt.all_steps():
+        state, restored_meta, problems = ckpt.restore_verified(target=state)
+        for step, problem in problems.items():
+            moved = ckpt.quarantine(step)
+            print(
+                f"distill-jax: warning: {problem}; moved it to {moved} and resumed "
+                f"from step {restored_meta['step']}",
+                file=sys.stderr,
+            )
     start_step = int(state.step)
+    if 0 < start_step < total_steps and jax.process_index() == 0:
+        print(f"distill-jax: resuming {workdir} from step {start_step}", file=sys.stderr)
     _truncate_metrics(os.path.join(workdir, METRICS_FILE), start_step)
     metadata = {
         "role": role,
@@ -364,19 +447,37 @@ def fit(
 
     # -- 4. the loop -----------------------------------------------------------------
     state = strategy.put_replicated(state)
-    pending: list[Any] = []  # device metrics of the current log window
+    pending: list[tuple[int, Any]] = []  # (step, device metrics) of the current log window
+    skipped = _count_skipped(workdir)
 
     def flush(step: int) -> dict[str, float]:
+        """Fetches the window's metrics, applies the divergence policy, logs the means."""
+        nonlocal skipped
         if not pending:
             return {}
-        fetched = jax.device_get(pending)
+        fetched = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
         pending.clear()
-        means = {k: float(np.mean([np.mean(m[k]) for m in fetched])) for k in fetched[0]}
+        for s, m in zip(steps, fetched, strict=True):
+            if float(np.max(m["nonfinite"])) > 0:
+                if train_cfg.on_nonfinite == "stop":
+                    raise DivergenceError(
+                        f"{_nonfinite_terms(m)} became non-finite at step {s} of {workdir}; "
+                        f"stopped, the last good checkpoint (step {ckpt.latest_step()}) is "
+                        f"kept. Lower the learning rate, or set "
+                        f"{role}.train.on_nonfinite=skip to skip such steps"
+                    )
+                skipped += 1
+        ok = [m for m in fetched if float(np.max(m["nonfinite"])) == 0] or fetched
+        means = {k: float(np.mean([np.mean(m[k]) for m in ok])) for k in ok[0]}
+        means["skipped_steps"] = skipped
         writer.write({"step": step, "epoch": step / steps_per_epoch, "split": "train", **means})
         return means
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:
+        flush(step)  # never checkpoint past an unchecked (possibly diverged) step
         ckpt.save(step, jax.device_get(strategy.get(state)), metadata, metrics=metrics)
+        faults.inject("sigkill_in_save", step)
 
     show = config.log.progress and jax.process_index() == 0
     bar = tqdm(
@@ -389,38 +490,49 @@ def fit(
     )
     batches = data_lib.iterate(train_ds, start_step, num_workers=config.data.num_workers)
     last_saved = start_step if start_step > 0 else None
-    for step in range(start_step, total_steps):
-        batch = strategy.put_batch(next(batches))
-        state, metrics = p_step(state, teacher_vars, batch)
-        pending.append(metrics)
-        done = step + 1
-        if done % config.log.every_steps == 0 or done == total_steps:
-            means = flush(done)
-            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
-        epoch_end = done % steps_per_epoch == 0
-        epoch = done // steps_per_epoch
-        val_metrics = None
-        if (epoch_end and epoch % config.eval.every_epochs == 0) or done == total_steps:
-            flush(done)
-            val = validate(strategy.get(state).variables, data.validation)
-            val_metrics = {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
-            writer.write(
-                {
-                    "step": done,
-                    "epoch": done / steps_per_epoch,
-                    "split": "validation",
-                    **{k: val[k] for k in ("accuracy", "nll", "ece")},
-                }
-            )
-            bar.set_postfix(val_acc=f"{val['accuracy']:.4f}")
-        if val_metrics is not None or done % config.checkpoint.every_steps == 0:
-            save(done, val_metrics)
-            last_saved = done
-        bar.update(1)
-    bar.close()
-    if last_saved != total_steps and ckpt.latest_step() != total_steps:
-        save(total_steps)
-    ckpt.close()
+    with _PreemptionSignals() as preemption, _closing(ckpt):
+        for step in range(start_step, total_steps):
+            batch = strategy.put_batch(next(batches))
+            state, metrics = p_step(state, teacher_vars, batch)
+            done = step + 1
+            pending.append((done, metrics))
+            faults.inject("sigkill_at_step", done)
+            faults.inject("sigterm_at_step", done)
+            ckpt.finalize()
+            if done % config.log.every_steps == 0 or done == total_steps:
+                means = flush(done)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
+            epoch_end = done % steps_per_epoch == 0
+            epoch = done // steps_per_epoch
+            val_metrics = None
+            if (epoch_end and epoch % config.eval.every_epochs == 0) or done == total_steps:
+                flush(done)
+                val = validate(strategy.get(state).variables, data.validation)
+                val_metrics = {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
+                writer.write(
+                    {
+                        "step": done,
+                        "epoch": done / steps_per_epoch,
+                        "split": "validation",
+                        **{k: val[k] for k in ("accuracy", "nll", "ece")},
+                    }
+                )
+                bar.set_postfix(val_acc=f"{val['accuracy']:.4f}")
+            if val_metrics is not None or done % config.checkpoint.every_steps == 0:
+                save(done, val_metrics)
+                last_saved = done
+            bar.update(1)
+            if preemption.requested and done < total_steps:
+                if last_saved != done:
+                    save(done)
+                bar.close()
+                raise Preempted(
+                    f"{preemption.requested} at step {done}/{total_steps}; checkpoint saved in "
+                    f"{ckpt.directory}. Run the same command again to resume"
+                )
+        bar.close()
+        if last_saved != total_steps and ckpt.latest_step() != total_steps:
+            save(total_steps)
 
     # -- 5. test ------------------------------------------------------------------------
     final = jax.device_get(strategy.get(state))
@@ -430,6 +542,7 @@ def fit(
     test.update(
         model_summary(eval_model, variables, info.image_shape, config.eval.latency_batch_size)
     )
+    test["skipped_steps"] = skipped
     history = [r for r in read_metrics(workdir) if r.get("split") == "validation"]
     return FitResult(workdir, eval_model, variables, test, history, total_steps, start_step)
 

@@ -110,12 +110,18 @@ def make_train_step(
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
+        updated = state.replace(
             params=optax.apply_updates(state.params, updates),
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
+        # Divergence guard: a step whose loss or gradients are not finite changes nothing
+        # but the step counter (the loop then stops, or counts the skip). The values are
+        # pmean-ed first, so every device takes the same decision.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        new_state = new_state.replace(step=state.step + 1)
+        metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return new_state, metrics
 
     return train_step
