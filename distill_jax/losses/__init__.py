@@ -15,21 +15,52 @@ import jax
 from distill_jax.errors import ConfigError
 from distill_jax.losses.base import masked_mean, to_float32
 from distill_jax.losses.kd import kd_loss
+from distill_jax.losses.logit import (
+    dist_loss,
+    dkd_loss,
+    dkd_terms,
+    gjsd_loss,
+    lskd_loss,
+    reverse_kl_loss,
+    skew_kl_loss,
+    skew_reverse_kl_loss,
+    standardize_logits,
+    tvd_loss,
+)
 from distill_jax.losses.task import cross_entropy
 
 __all__ = [
     "LOSSES",
     "cross_entropy",
+    "dist_loss",
     "distillation_loss",
+    "dkd_loss",
+    "dkd_terms",
     "get_loss",
+    "gjsd_loss",
     "kd_loss",
+    "lskd_loss",
     "masked_mean",
+    "reverse_kl_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
+    "standardize_logits",
     "to_float32",
+    "tvd_loss",
 ]
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {
     "cross_entropy": cross_entropy,
     "kd": kd_loss,
+    # Logit family (losses/logit.py). "dkd" also takes `labels_B` (third argument).
+    "dkd": dkd_loss,
+    "dist": dist_loss,
+    "ls_kd": lskd_loss,
+    "reverse_kl": reverse_kl_loss,
+    "gjsd": gjsd_loss,
+    "tvd": tvd_loss,
+    "skew_kl": skew_kl_loss,
+    "skew_reverse_kl": skew_reverse_kl_loss,
 }
 
 

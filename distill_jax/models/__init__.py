@@ -1,5 +1,13 @@
 """Model registry: Linen classifiers looked up by name from a config.
 
+Besides the small `mlp` and `cnn`, the registry holds the model zoo of the distillation
+benchmarks: the CIFAR models of CRD/RepDistiller (`resnet8` ... `resnet110`, `resnet8x4`,
+`resnet32x4`, `wrn_16_1` ... `wrn_40_2`, `vgg8` ... `vgg19` (with BatchNorm),
+`mobilenetv2`, `mobilenetv2_half`, `shufflenetv1`, `shufflenetv2`) and torchvision's
+ImageNet `resnet18`, `resnet34`, `resnet50`. Each variant is a subclass whose defaults fix
+the architecture, and every model returns `(logits_BC, features)` with the feature names
+documented in its module.
+
 A model config is a dict with a `name` and the module's keyword arguments, e.g.
 `{"name": "mlp", "hidden": (1200, 1200), "dropout": 0.5}`. `num_classes` comes from the
 dataset, never from the model config.
@@ -16,8 +24,58 @@ from distill_jax.errors import ConfigError
 from distill_jax.models.base import Features
 from distill_jax.models.cnn import CNN
 from distill_jax.models.mlp import MLP
+from distill_jax.models.mobilenetv2 import MobileNetV2, MobileNetV2Half
+from distill_jax.models.resnet import (
+    CifarResNet,
+    ResNet,
+    ResNet8,
+    ResNet8x4,
+    ResNet14,
+    ResNet18,
+    ResNet20,
+    ResNet32,
+    ResNet32x4,
+    ResNet34,
+    ResNet44,
+    ResNet50,
+    ResNet56,
+    ResNet110,
+)
+from distill_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from distill_jax.models.vgg import VGG, VGG8, VGG11, VGG13, VGG16, VGG19
+from distill_jax.models.wrn import WideResNet, WRN16x1, WRN16x2, WRN40x1, WRN40x2
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    # CIFAR (32x32) models of the CRD benchmark (RepDistiller's `models/`).
+    "resnet8": ResNet8,
+    "resnet14": ResNet14,
+    "resnet20": ResNet20,
+    "resnet32": ResNet32,
+    "resnet44": ResNet44,
+    "resnet56": ResNet56,
+    "resnet110": ResNet110,
+    "resnet8x4": ResNet8x4,
+    "resnet32x4": ResNet32x4,
+    "wrn_16_1": WRN16x1,
+    "wrn_16_2": WRN16x2,
+    "wrn_40_1": WRN40x1,
+    "wrn_40_2": WRN40x2,
+    "vgg8": VGG8,
+    "vgg11": VGG11,
+    "vgg13": VGG13,
+    "vgg16": VGG16,
+    "vgg19": VGG19,
+    "mobilenetv2": MobileNetV2,
+    "mobilenetv2_half": MobileNetV2Half,
+    "shufflenetv1": ShuffleNetV1,
+    "shufflenetv2": ShuffleNetV2,
+    # ImageNet (224x224) models, torchvision's architecture.
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+}
 
 # Fields that the pipeline sets itself; a config may not set them.
 _RESERVED = ("num_classes", "parent", "name", "axis_name", "dtype")
@@ -95,6 +153,13 @@ __all__ = [
     "CNN",
     "MLP",
     "MODELS",
+    "VGG",
+    "CifarResNet",
+    "MobileNetV2",
+    "ResNet",
+    "ShuffleNetV1",
+    "ShuffleNetV2",
+    "WideResNet",
     "Features",
     "create_model",
     "get_model_class",
