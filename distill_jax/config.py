@@ -30,7 +30,7 @@ DTYPES = ("float32", "bfloat16")
 TEACHER_CHECKPOINTS = ("latest", "best")
 ON_NONFINITE = ("stop", "skip")
 # Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
-_FREE_KEYS = ("teacher.model", "student.model")
+_FREE_KEYS = ("teacher.model", "student.model", "distill.losses")
 
 
 def _train_defaults(**overrides: Any) -> dict[str, Any]:
@@ -83,6 +83,10 @@ def default_config() -> dict[str, Any]:
         "distill": {
             "alpha": 0.1,  # weight of the hard-label loss; 1 - alpha goes to KD
             "temperature": 4.0,
+            # Terms beyond CE: {name: {"weight": w, **hyperparameters}}, e.g.
+            # {"kd": {"weight": 0.9, "temperature": 4}, "crd": {"weight": 0.8}}. Empty:
+            # (1 - alpha) * KD at `temperature`. The CE weight is always `alpha`.
+            "losses": {},
         },
         "run": {
             "seeds": 1,  # students are repeated over seeds seed, seed+1, ...
@@ -228,6 +232,8 @@ def set_key(cfg: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _check_types(value: Any, default: Any, key: str) -> Any:
+    if key in _FREE_KEYS:  # free-form dicts, checked by their own registries
+        return value
     if isinstance(default, dict):
         return {k: _check_types(value[k], default[k], f"{key}.{k}") for k in default}
     if default is None:
@@ -272,17 +278,13 @@ def _positive(value: Any, key: str, allow_zero: bool = False) -> None:
 
 def validate(cfg: dict[str, Any]) -> None:
     """Checks types, choices and ranges of a merged config, in place (ints become floats)."""
+    from distill_jax.losses.objective import validate_losses
     from distill_jax.models import validate_model_config
 
     defaults = default_config()
     for k in defaults:
-        if isinstance(defaults[k], dict) and k in ("teacher", "student"):
-            for sub in defaults[k]:
-                if f"{k}.{sub}" in _FREE_KEYS:
-                    continue
-                cfg[k][sub] = _check_types(cfg[k][sub], defaults[k][sub], f"{k}.{sub}")
-        else:
-            cfg[k] = _check_types(cfg[k], defaults[k], k)
+        cfg[k] = _check_types(cfg[k], defaults[k], k)
+    validate_losses(cfg["distill"]["losses"])
     _choice(cfg["dtype"], DTYPES, "dtype")
     _choice(cfg["parallel"]["strategy"], STRATEGIES, "parallel.strategy")
     _choice(cfg["teacher"]["checkpoint"], TEACHER_CHECKPOINTS, "teacher.checkpoint")

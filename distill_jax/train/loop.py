@@ -238,6 +238,49 @@ def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
+def _build_objective(config, model, teacher, image_shape, num_data, strategy):
+    """The config's distillation objective, checked against both models' features.
+
+    Returns:
+        `(objective, init_extra)`: `init_extra(key, student_variables)` initialises the
+        methods' parameters and memory banks inside the jitted state initialisation.
+    """
+    from distill_jax.losses.objective import Objective
+
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    s_logits, s_features = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], dummy
+    )
+    t_logits, t_features = jax.eval_shape(
+        lambda v, x: teacher.model.apply(v, x, train=False), teacher.variables, dummy
+    )
+    objective = Objective(config.distill.to_dict(), s_features, t_features, num_data=num_data)
+    if not objective.methods:
+        return objective, None
+    if strategy.name == "pmap":
+        raise ConfigError(
+            "feature/relation distillation methods run with parallel.strategy='jit' "
+            "(memory banks and batch relations need the global batch); got 'pmap'"
+        )
+
+    def zeros(tree):
+        return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
+
+    def init_extra(key, student_variables):
+        student = {"logits": zeros(s_logits), "features": zeros(s_features)}
+        teacher_out = {"logits": zeros(t_logits), "features": zeros(t_features)}
+        batch = {"label": jnp.zeros((2,), jnp.int32), "index": jnp.arange(2), "mask": None}
+        per_method = objective.init(key, student, teacher_out, batch)
+        extra = {"params": {}, "memory": {}}
+        for name, variables in per_method.items():
+            for collection in ("params", "memory"):
+                if collection in variables:
+                    extra[collection][name] = variables[collection]
+        return {k: v for k, v in extra.items() if v}
+
+    return objective, init_extra
+
+
 def _prepare_workdir(workdir: str, spec: dict[str, Any], overwrite: bool) -> None:
     """Creates the workdir, or checks that an existing one belongs to this run."""
     cfg_path = os.path.join(workdir, CONFIG_FILE)
@@ -394,10 +437,15 @@ def fit(
     eval_model = create_model(config[role].model, info.num_classes, dtype=config.dtype)
     tx, schedule = make_optimizer(train_cfg, steps_per_epoch)
     spec = run_spec(config, role, seed, translate, teacher)
+    objective, init_extra = None, None
+    if teacher is not None:
+        objective, init_extra = _build_objective(
+            config, model, teacher, info.image_shape, len(data.train), strategy
+        )
 
     # -- 2. workdir and restore ---------------------------------------------------------
     _prepare_workdir(workdir, spec, overwrite)
-    state = create_train_state(model, tx, info.image_shape, seed)
+    state = create_train_state(model, tx, info.image_shape, seed, init_extra)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     if ckpt.all_steps():
         state, restored_meta, problems = ckpt.restore_verified(target=state)
@@ -426,6 +474,7 @@ def fit(
         model,
         tx,
         teacher_model=None if teacher is None else teacher.model,
+        objective=objective,
         alpha=distill.alpha,
         temperature=distill.temperature,
         label_smoothing=train_cfg.label_smoothing,

@@ -7,6 +7,7 @@ The teacher is never part of it: it is a frozen input of the step (`Teacher`).
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -65,24 +66,35 @@ def create_train_state(
     tx: optax.GradientTransformation,
     image_shape: tuple[int, ...],
     seed: int,
+    init_extra: Callable[[jax.Array, Any], dict[str, Any]] | None = None,
 ) -> TrainState:
     """A fresh TrainState for `model`, deterministic in `seed`.
 
     Initialisation is jit-compiled: run eagerly, every initialiser op would be dispatched
     (and compiled) one by one, which costs seconds for a small MLP on CPU.
+
+    Args:
+        model: the student.
+        tx: the optimizer, over `{"student": params, "methods": method params}`.
+        image_shape: one example's shape.
+        seed: the run's seed.
+        init_extra: `init_extra(key, student_params) -> {"params": ..., "memory": ...}`
+            for the objective's trainable methods; None when there are none.
     """
 
     def init(seed_key):
-        init_key, train_key = jax.random.split(seed_key)
+        init_key, train_key, extra_key = jax.random.split(seed_key, 3)
         dummy = jnp.zeros((1, *image_shape), jnp.float32)
         variables = model.init(init_key, dummy, train=False)
         params = variables["params"]
+        extra = {} if init_extra is None else init_extra(extra_key, variables)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
+            opt_state=tx.init({"student": params, "methods": extra.get("params", {})}),
             rng=train_key,
+            extra=extra,
         )
 
     return jax.jit(init)(jax.random.PRNGKey(seed))

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from distill_jax.data.augment import random_translate, to_float
-from distill_jax.losses import cross_entropy, distillation_loss
+from distill_jax.losses import cross_entropy
+from distill_jax.losses.objective import Objective
 from distill_jax.train.state import TrainState
 
 Batch = Mapping[str, jnp.ndarray]
@@ -29,6 +30,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     teacher_model: nn.Module | None = None,
+    objective: Objective | None = None,
     alpha: float = 1.0,
     temperature: float = 1.0,
     label_smoothing: float = 0.0,
@@ -38,12 +40,16 @@ def make_train_step(
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
     """Builds the train step for a model trained alone or distilled from a teacher.
 
+    The loss is `alpha * CE + objective(...)` with a teacher, plain CE without one.
+
     Args:
         model: the student (or the model trained alone).
-        tx: its optimizer.
+        tx: its optimizer; it updates `{"student": params, "methods": method params}`.
         teacher_model: the teacher module, or None to train on hard labels only.
-        alpha: weight of the hard-label cross-entropy; `1 - alpha` weighs the KD term.
-        temperature: softmax temperature of the KD term.
+        objective: the distillation terms (`losses.objective.Objective`); default
+            `(1 - alpha) * KD(temperature)`.
+        alpha: weight of the hard-label cross-entropy.
+        temperature: softmax temperature of the default KD term.
         label_smoothing: label smoothing of the cross-entropy term.
         translate: random translation (+-pixels) applied to the batch; teacher and
             student see the same translated view.
@@ -54,53 +60,64 @@ def make_train_step(
         `train_step(state, teacher_vars, batch)`; `teacher_vars` is ignored (pass None)
         without a teacher. `batch` holds `image` (uint8 BHWC), `label` (B,), `index` (B,).
     """
+    if teacher_model is not None and objective is None:
+        objective = Objective({"alpha": alpha, "temperature": temperature, "losses": {}})
 
     def train_step(state: TrainState, teacher_vars: Any, batch: Batch):
         step_key = jax.random.fold_in(state.rng, state.step)
-        aug_key, dropout_key = jax.random.split(step_key)
+        aug_key, dropout_key, method_key = jax.random.split(step_key, 3)
         if axis_name is not None:  # distinct dropout masks on each device
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
         images = random_translate(aug_key, to_float(batch["image"]), batch["index"], translate)
         labels = batch["label"]
+        method_batch = {"label": labels, "index": batch["index"], "mask": None}
 
-        teacher_logits = None
+        teacher_out = None
         if teacher_model is not None:
-            teacher_logits, _ = teacher_model.apply(teacher_vars, images, train=False)
-            teacher_logits = jax.lax.stop_gradient(teacher_logits)
+            t_logits, t_features = teacher_model.apply(teacher_vars, images, train=False)
+            teacher_out = jax.lax.stop_gradient({"logits": t_logits, "features": t_features})
+        memory = state.extra.get("memory", {})
 
-        def loss_fn(params):
-            variables = {"params": params}
+        def loss_fn(trainable):
+            variables = {"params": trainable["student"]}
             mutable = []
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
                 mutable = ["batch_stats"]
-            (logits, _), updates = model.apply(
+            (logits, features), updates = model.apply(
                 variables, images, train=True, rngs={"dropout": dropout_key}, mutable=mutable
             )
-            if teacher_logits is None:
-                loss = cross_entropy(logits, labels, label_smoothing=label_smoothing)
-                terms = {"ce": loss}
+            ce = cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            terms = {"ce": ce}
+            new_memory = memory
+            if teacher_out is None:
+                loss = ce
             else:
-                loss, terms = distillation_loss(
-                    logits,
-                    teacher_logits,
-                    labels,
-                    alpha=alpha,
-                    temperature=temperature,
-                    label_smoothing=label_smoothing,
+                student_out = {"logits": logits, "features": features}
+                distill, distill_terms, new_memory = objective(
+                    trainable["methods"],
+                    memory,
+                    student_out,
+                    teacher_out,
+                    method_batch,
+                    method_key,
                 )
-            return loss, (logits, terms, updates.get("batch_stats", state.batch_stats))
+                loss = alpha * ce + distill
+                terms.update(distill_terms)
+            aux = (logits, terms, updates.get("batch_stats", state.batch_stats), new_memory)
+            return loss, aux
 
+        trainable = {"student": state.params, "methods": state.extra.get("params", {})}
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, terms, batch_stats)), grads = grad_fn(state.params)
+        (loss, (logits, terms, batch_stats, memory)), grads = grad_fn(trainable)
         metrics = {
             "loss": loss,
             **terms,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         }
-        if teacher_logits is not None:
+        if teacher_out is not None:
             metrics["agreement"] = jnp.mean(
-                jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1)
+                jnp.argmax(logits, -1) == jnp.argmax(teacher_out["logits"], -1)
             )
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
@@ -109,11 +126,18 @@ def make_train_step(
         metrics["grad_norm"] = optax.global_norm(grads)
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        extra = dict(state.extra)
+        if "params" in extra:
+            extra["params"] = trainable["methods"]
+        if "memory" in extra:
+            extra["memory"] = memory
         updated = state.replace(
-            params=optax.apply_updates(state.params, updates),
+            params=trainable["student"],
             batch_stats=batch_stats,
             opt_state=opt_state,
+            extra=extra,
         )
         # Divergence guard: a step whose loss or gradients are not finite changes nothing
         # but the step counter (the loop then stops, or counts the skip). The values are

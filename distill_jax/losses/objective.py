@@ -1,0 +1,230 @@
+"""The training objective a config selects: `alpha * CE + sum_i w_i * L_i`.
+
+`distill.losses` maps a name to `{"weight": w, **hyperparameters}`. A name is either a
+logit loss of `LOSSES` (`kd`, `dkd`, `dist`, `reverse_kl`, ...: functions of the two
+models' logits) or a feature/relation method of `METHODS` (`fitnet`, `crd`, ...: Linen
+modules that read named features and may own trainable parameters and a memory bank).
+When `distill.losses` is empty, the objective is Hinton et al.'s
+`alpha * CE + (1 - alpha) * KD(T = distill.temperature)`.
+
+Every term is logged unweighted under its name, next to `ce` and the total `loss`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from distill_jax.errors import ConfigError
+from distill_jax.losses.method import METHODS, Method
+
+# Arguments the pipeline supplies itself; a config may not set them.
+_SUPPLIED = ("student_logits_BC", "teacher_logits_BC", "labels_B", "mask_B", "num_data")
+
+
+def _all_names() -> list[str]:
+    from distill_jax.losses import LOSSES
+
+    return sorted(set(LOSSES) - {"cross_entropy"} | set(METHODS))
+
+
+def _hyperparameters(name: str) -> list[str]:
+    from distill_jax.losses import LOSSES
+
+    if name in METHODS:
+        return [
+            f.name
+            for f in dataclasses.fields(METHODS[name])
+            if f.init and f.name not in ("parent", "name", *_SUPPLIED)
+        ]
+    params = inspect.signature(LOSSES[name]).parameters
+    return [p for p in params if p not in _SUPPLIED]
+
+
+def validate_losses(losses: Mapping[str, Any], key: str = "distill.losses") -> None:
+    """Checks loss names, weights and hyperparameter names; messages list what is valid."""
+    valid = _all_names()
+    for name, spec in losses.items():
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown loss '{key}.{name}'{hint}; valid losses: {', '.join(valid)}"
+            )
+        if not isinstance(spec, Mapping) or "weight" not in spec:
+            raise ConfigError(f"{key}.{name} must be a dict with a 'weight', got {spec!r}")
+        weight = spec["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ConfigError(f"{key}.{name}.weight must be a number >= 0, got {weight!r}")
+        allowed = _hyperparameters(name)
+        for k in spec:
+            if k != "weight" and k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    f"unknown key '{key}.{name}.{k}'{hint}; valid keys: "
+                    f"{', '.join(['weight', *allowed])}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One weighted term of the objective."""
+
+    name: str
+    weight: float
+    kwargs: dict[str, Any]
+    method: Method | None = None  # feature/relation methods; None for logit losses
+
+
+def _shapes(features: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in features.items())
+
+
+class Objective:
+    """The config's weighted sum of distillation terms (the CE term is added by the step).
+
+    Args:
+        distill_cfg: the config's `distill` section (`alpha`, `temperature`, `losses`).
+        student_features: the student's feature shapes (from `jax.eval_shape`).
+        teacher_features: the teacher's feature shapes.
+        num_data: size of the training split (CRD's memory bank).
+    """
+
+    def __init__(
+        self,
+        distill_cfg: Mapping[str, Any],
+        student_features: Mapping[str, Any] | None = None,
+        teacher_features: Mapping[str, Any] | None = None,
+        num_data: int = 0,
+    ):
+        from distill_jax.losses import LOSSES
+
+        losses = dict(distill_cfg.get("losses") or {})
+        if not losses:
+            losses = {
+                "kd": {
+                    "weight": 1.0 - distill_cfg["alpha"],
+                    "temperature": distill_cfg["temperature"],
+                }
+            }
+        validate_losses(losses)
+        self.terms: list[Term] = []
+        for name, spec in losses.items():
+            kwargs = {
+                k: (tuple(v) if isinstance(v, list) else v)
+                for k, v in spec.items()
+                if k != "weight"
+            }
+            method = None
+            if name in METHODS:
+                cls = METHODS[name]
+                if "num_data" in {f.name for f in dataclasses.fields(cls)}:
+                    kwargs["num_data"] = num_data
+                method = cls(**kwargs)
+                self._check_features(name, method, student_features, teacher_features)
+            else:
+                fn = LOSSES[name]
+                if "labels_B" in inspect.signature(fn).parameters:
+                    kwargs["_needs_labels"] = True
+            self.terms.append(Term(name, float(spec["weight"]), kwargs, method))
+
+    @staticmethod
+    def _check_features(name, method, student_features, teacher_features) -> None:
+        for side, wanted, have in (
+            ("student", method.student_features, student_features),
+            ("teacher", method.teacher_features, teacher_features),
+        ):
+            if have is None:
+                continue
+            missing = [f for f in wanted if f not in have]
+            if missing:
+                raise ConfigError(
+                    f"distill.losses.{name}: the {side} has no feature "
+                    f"{', '.join(repr(m) for m in missing)}; available: {_shapes(have)}"
+                )
+
+    @property
+    def methods(self) -> list[Term]:
+        """The terms that are feature/relation methods (they may hold variables)."""
+        return [t for t in self.terms if t.method is not None]
+
+    def init(self, key: jax.Array, student: dict, teacher: dict, batch: dict) -> dict:
+        """Initialises the methods' variables: `{name: {"params": ..., "memory": ...}}`."""
+        extra = {}
+        for i, term in enumerate(self.methods):
+            k_params, k_crd = jax.random.split(jax.random.fold_in(key, i))
+            variables = term.method.init(
+                {"params": k_params, "crd": k_crd}, student, teacher, batch, train=False
+            )
+            extra[term.name] = {k: v for k, v in variables.items()}
+        return extra
+
+    def __call__(
+        self,
+        params: Mapping[str, Any],
+        memory: Mapping[str, Any],
+        student: dict,
+        teacher: dict,
+        batch: dict,
+        key: jax.Array,
+        train: bool = True,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        """Weighted sum of the terms.
+
+        Args:
+            params: trainable method parameters `{name: params}`.
+            memory: method memory banks `{name: memory}`.
+            student, teacher: `{"logits": ..., "features": {...}}` of each model.
+            batch: `{"label", "index", "mask"}`.
+            key: randomness for methods that sample (CRD's negatives).
+            train: update memory banks.
+
+        Returns:
+            `(loss, terms, new_memory)`: the weighted sum, each term unweighted by name,
+            and the updated memory banks.
+        """
+        from distill_jax.losses import LOSSES
+
+        total = jnp.zeros((), jnp.float32)
+        terms: dict[str, jax.Array] = {}
+        new_memory = dict(memory)
+        mask = batch.get("mask")
+        for i, term in enumerate(self.terms):
+            if term.method is None:
+                kwargs = {k: v for k, v in term.kwargs.items() if k != "_needs_labels"}
+                args = [student["logits"], teacher["logits"]]
+                if term.kwargs.get("_needs_labels"):
+                    args.append(batch["label"])
+                value = LOSSES[term.name](*args, **kwargs, mask_B=mask)
+            else:
+                variables = {}
+                if term.name in params:
+                    variables["params"] = params[term.name]
+                if term.name in memory:
+                    variables["memory"] = memory[term.name]
+                rngs = {"crd": jax.random.fold_in(key, i)}
+                if term.name in memory and train:
+                    value, updates = term.method.apply(
+                        variables,
+                        student,
+                        teacher,
+                        batch,
+                        train=True,
+                        rngs=rngs,
+                        mutable=["memory"],
+                    )
+                    new_memory[term.name] = updates["memory"]
+                else:
+                    value = term.method.apply(
+                        variables, student, teacher, batch, train=train, rngs=rngs
+                    )
+            terms[term.name] = value
+            total = total + term.weight * value
+        return total, terms, new_memory
