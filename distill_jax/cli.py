@@ -1,6 +1,7 @@
 """The `distill-jax` command line.
 
     distill-jax run      --config FILE --workdir DIR [--seeds N]
+    distill-jax sweep    --config FILE --workdir DIR [--pairs ...] [--methods ...]
     distill-jax train    --config FILE --workdir DIR [--role teacher|student]
     distill-jax distill  --config FILE --workdir DIR --teacher TEACHER_DIR
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--seeds", type=int, help="student seeds (default: config run.seeds)")
     p.add_argument("--overwrite", action="store_true", help="discard runs of another config")
+
+    p = sub.add_parser("sweep", help="pair x method x seed grid with a results table")
+    common(p)
+    p.add_argument("--pairs", help="comma-separated subset of sweep.pairs")
+    p.add_argument("--methods", help="comma-separated subset of sweep.methods")
+    p.add_argument("--seeds", type=int, help="seeds per cell (default: sweep.seeds)")
 
     p = sub.add_parser("train", help="train one model alone (e.g. the teacher)")
     common(p)
@@ -109,6 +116,18 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
         from distill_jax.pipeline import run
 
         run(config, args.workdir, seeds=args.seeds, overwrite=args.overwrite)
+        return 0
+    if args.command == "sweep":
+        from distill_jax.sweep import sweep
+
+        split = lambda s: s.split(",") if s else None  # noqa: E731
+        sweep(
+            config,
+            args.workdir,
+            pairs=split(args.pairs),
+            methods=split(args.methods),
+            seeds=args.seeds,
+        )
         return 0
     if args.command == "train":
         result = loop.fit(

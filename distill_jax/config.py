@@ -30,7 +30,7 @@ DTYPES = ("float32", "bfloat16")
 TEACHER_CHECKPOINTS = ("latest", "best")
 ON_NONFINITE = ("stop", "skip")
 # Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
-_FREE_KEYS = ("teacher.model", "student.model", "distill.losses")
+_FREE_KEYS = ("teacher.model", "student.model", "distill.losses", "sweep.methods")
 
 
 def _train_defaults(**overrides: Any) -> dict[str, Any]:
@@ -49,6 +49,7 @@ def _train_defaults(**overrides: Any) -> dict[str, Any]:
         "grad_clip": 0.0,  # global-norm clipping (0: off)
         "label_smoothing": 0.0,
         "translate": 0,  # random translation augmentation, +-pixels (0: off)
+        "flip": False,  # random horizontal flips (CIFAR-style augmentation)
         "on_nonfinite": "stop",  # NaN/Inf loss or gradients: stop | skip (the step)
     }
     train.update(overrides)
@@ -91,6 +92,12 @@ def default_config() -> dict[str, Any]:
         "run": {
             "seeds": 1,  # students are repeated over seeds seed, seed+1, ...
             "scratch_aug": True,  # also train the student alone with the teacher's jitter
+        },
+        "sweep": {  # `distill-jax sweep`: a pair x method x seed grid (see sweep.py)
+            "pairs": [],  # "teacher_model:student_model" names, e.g. "resnet56:resnet20"
+            "methods": {},  # label -> {"alpha": CE weight, "losses": {...}}; "student": alone
+            "seeds": 1,
+            "published": None,  # JSON file of published accuracies to compare against
         },
         "parallel": {"strategy": "jit"},  # jit (sharded over a data mesh) | pmap
         "checkpoint": {
@@ -311,6 +318,8 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
     _positive(d["temperature"], "distill.temperature")
     _positive(cfg["run"]["seeds"], "run.seeds")
+    _positive(cfg["sweep"]["seeds"], "sweep.seeds")
+    _validate_sweep(cfg["sweep"])
     _positive(cfg["checkpoint"]["every_steps"], "checkpoint.every_steps")
     _positive(cfg["checkpoint"]["keep"], "checkpoint.keep")
     _positive(cfg["data"]["eval_batch_size"], "data.eval_batch_size")
@@ -318,6 +327,30 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["eval"]["every_epochs"], "eval.every_epochs")
     _positive(cfg["eval"]["ece_bins"], "eval.ece_bins")
     _positive(cfg["log"]["every_steps"], "log.every_steps")
+
+
+def _validate_sweep(sweep: dict[str, Any]) -> None:
+    from distill_jax.losses.objective import validate_losses
+    from distill_jax.models import get_model_class
+
+    for pair in sweep["pairs"]:
+        if not isinstance(pair, str) or pair.count(":") != 1:
+            raise ConfigError(f"sweep.pairs entries are 'teacher:student' names, got {pair!r}")
+        for name in pair.split(":"):
+            try:
+                get_model_class(name)
+            except ConfigError as e:
+                raise ConfigError(f"sweep.pairs {pair!r}: {e}") from None
+    for label, spec in sweep["methods"].items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"sweep.methods.{label} must be a dict, got {spec!r}")
+        unknown = set(spec) - {"alpha", "losses", "teacher"}
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {sorted(unknown)} in sweep.methods.{label}; "
+                f"valid keys: alpha, losses, teacher"
+            )
+        validate_losses(spec.get("losses", {}), key=f"sweep.methods.{label}.losses")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -9,6 +9,8 @@ pixels), and teacher and student are fed the very same view.
 import jax
 import jax.numpy as jnp
 
+_FLIP_STREAM = 0x5EED  # derives the flip key from the augmentation key
+
 
 def to_float(images_BHWC: jnp.ndarray) -> jnp.ndarray:
     """uint8 pixels in [0, 255] -> float32 in [0, 1]."""
@@ -42,3 +44,31 @@ def random_translate(
         return jax.lax.dynamic_slice(image_HWC, (dy, dx, 0), (h, w, image_HWC.shape[-1]))
 
     return jax.vmap(one)(padded, index_B)
+
+
+def random_flip(key: jax.Array, images_BHWC: jnp.ndarray, index_B: jnp.ndarray) -> jnp.ndarray:
+    """Mirrors each image left-right with probability 1/2 (per-example keys, as above)."""
+
+    def one(image_HWC, i):
+        flip = jax.random.bernoulli(jax.random.fold_in(key, i))
+        return jnp.where(flip, image_HWC[:, ::-1], image_HWC)
+
+    return jax.vmap(one)(images_BHWC, index_B)
+
+
+def augment(
+    key: jax.Array,
+    images_BHWC: jnp.ndarray,
+    index_B: jnp.ndarray,
+    translate: int = 0,
+    flip: bool = False,
+) -> jnp.ndarray:
+    """The training augmentation: random translation, then (optionally) random flips.
+
+    Translation draws from `key` itself and flips from a key derived from it, so adding
+    flips leaves the translations of a config without them unchanged.
+    """
+    images_BHWC = random_translate(key, images_BHWC, index_B, translate)
+    if flip:
+        images_BHWC = random_flip(jax.random.fold_in(key, _FLIP_STREAM), images_BHWC, index_B)
+    return images_BHWC

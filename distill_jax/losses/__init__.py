@@ -13,7 +13,20 @@ from collections.abc import Callable
 import jax
 
 from distill_jax.errors import ConfigError
+
+# Importing the method modules registers them in `METHODS` (feature/relation methods).
+from distill_jax.losses import crd, feature, relation  # noqa: E402, F401, I001
 from distill_jax.losses.base import masked_mean, to_float32
+from distill_jax.losses.crd import CRD  # noqa: E402
+from distill_jax.losses.feature import (  # noqa: E402
+    PKT,
+    RKD,
+    VID,
+    AttentionTransfer,
+    CorrelationCongruence,
+    FitNet,
+    SimilarityPreserving,
+)
 from distill_jax.losses.kd import kd_loss
 from distill_jax.losses.logit import (
     dist_loss,
@@ -27,10 +40,33 @@ from distill_jax.losses.logit import (
     standardize_logits,
     tvd_loss,
 )
+from distill_jax.losses.method import METHODS, Method  # noqa: E402
+from distill_jax.losses.relation import (  # noqa: E402
+    FSP,
+    NST,
+    ActivationBoundaries,
+    FactorTransfer,
+    ReviewKD,
+)
 from distill_jax.losses.task import cross_entropy
 
 __all__ = [
+    "CRD",
+    "FSP",
     "LOSSES",
+    "METHODS",
+    "NST",
+    "PKT",
+    "RKD",
+    "VID",
+    "ActivationBoundaries",
+    "AttentionTransfer",
+    "CorrelationCongruence",
+    "FactorTransfer",
+    "FitNet",
+    "Method",
+    "ReviewKD",
+    "SimilarityPreserving",
     "cross_entropy",
     "dist_loss",
     "distillation_loss",

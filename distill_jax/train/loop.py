@@ -479,6 +479,7 @@ def fit(
         temperature=distill.temperature,
         label_smoothing=train_cfg.label_smoothing,
         translate=translate,
+        flip=train_cfg.flip,
         schedule=schedule,
         axis_name=strategy.axis_name,
     )
@@ -510,10 +511,15 @@ def fit(
         for s, m in zip(steps, fetched, strict=True):
             if float(np.max(m["nonfinite"])) > 0:
                 if train_cfg.on_nonfinite == "stop":
+                    latest = ckpt.latest_step()
+                    kept = (
+                        f"the last good checkpoint (step {latest}) is kept"
+                        if latest is not None
+                        else "no checkpoint had been written yet"
+                    )
                     raise DivergenceError(
                         f"{_nonfinite_terms(m)} became non-finite at step {s} of {workdir}; "
-                        f"stopped, the last good checkpoint (step {ckpt.latest_step()}) is "
-                        f"kept. Lower the learning rate, or set "
+                        f"stopped, {kept}. Lower the learning rate, or set "
                         f"{role}.train.on_nonfinite=skip to skip such steps"
                     )
                 skipped += 1

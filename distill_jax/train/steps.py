@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill_jax.data.augment import random_translate, to_float
+from distill_jax.data.augment import augment, to_float
 from distill_jax.losses import cross_entropy
 from distill_jax.losses.objective import Objective
 from distill_jax.train.state import TrainState
@@ -35,6 +35,7 @@ def make_train_step(
     temperature: float = 1.0,
     label_smoothing: float = 0.0,
     translate: int = 0,
+    flip: bool = False,
     schedule: optax.Schedule | None = None,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
@@ -53,6 +54,7 @@ def make_train_step(
         label_smoothing: label smoothing of the cross-entropy term.
         translate: random translation (+-pixels) applied to the batch; teacher and
             student see the same translated view.
+        flip: random horizontal flips (after the translation), also shared.
         schedule: the learning-rate schedule, only to log the current rate.
         axis_name: the pmap axis name, or None under jit.
 
@@ -68,7 +70,7 @@ def make_train_step(
         aug_key, dropout_key, method_key = jax.random.split(step_key, 3)
         if axis_name is not None:  # distinct dropout masks on each device
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-        images = random_translate(aug_key, to_float(batch["image"]), batch["index"], translate)
+        images = augment(aug_key, to_float(batch["image"]), batch["index"], translate, flip)
         labels = batch["label"]
         method_batch = {"label": labels, "index": batch["index"], "mask": None}
 
