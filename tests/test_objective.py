@@ -74,3 +74,32 @@ def test_each_term_is_logged_and_trained(tiny_config, tmp_path):
     for r in train:
         np.testing.assert_allclose(r["loss"], r["ce"] + 0.5 * r["kd"] + 0.5 * r["dkd"], rtol=1e-4)
     assert 0.0 <= result.test["accuracy"] <= 1.0
+
+
+def test_method_parameters_train_with_the_student_but_are_never_exported(tiny_config, tmp_path):
+    """FitNet's regressor lives in TrainState.extra, is updated and checkpointed, and the
+    student restored from the run (as a teacher or by `evaluate`) holds only its own."""
+    from distill_jax.train.checkpointing import Checkpointer
+
+    cnn = {"name": "cnn", "widths": [4, 8], "dense": 16}
+    config = tiny_config(
+        **{
+            "teacher.model": dict(cnn, widths=[8, 8]),
+            "student.model": cnn,
+            "distill.losses": {"fitnet": {"weight": 1.0}},
+        }
+    )
+    fit(config, str(tmp_path / "teacher"), role="teacher")
+    teacher = load_teacher(str(tmp_path / "teacher"))
+    fit(config, str(tmp_path / "student"), role="student", teacher=teacher)
+    ckpt = Checkpointer(tmp_path / "student" / "checkpoints", read_only=True)
+    first, _ = ckpt.restore(ckpt.all_steps()[0])
+    last, _ = ckpt.restore(ckpt.latest_step())
+    regressor = jax.tree.leaves(last["extra"]["params"]["fitnet"])
+    assert regressor and any(
+        not np.array_equal(a, b)
+        for a, b in zip(regressor, jax.tree.leaves(first["extra"]["params"]["fitnet"]), strict=True)
+    )
+    exported = load_teacher(str(tmp_path / "student"))
+    assert set(exported.variables) == {"params"}
+    assert "fitnet" not in json.dumps(jax.tree.map(lambda x: 0, exported.variables))

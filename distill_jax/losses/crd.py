@@ -54,17 +54,9 @@ import jax.numpy as jnp
 
 from distill_jax.losses.base import masked_mean, to_float32
 from distill_jax.losses.method import Batch, Method, Outputs, register
+from distill_jax.losses.ops import l2_normalize
 
 _EPS = 1e-7  # RepDistiller's ContrastLoss eps.
-
-
-def _normalize_rows(x_BD: jax.Array) -> jax.Array:
-    """`x / ||x||_2` per row (RepDistiller's `Normalize`).
-
-    The squared norm is floored at 1e-24, which only matters for an all-zero row (e.g.
-    padding) and keeps its gradient finite.
-    """
-    return x_BD * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x_BD), -1, keepdims=True), 1e-24))
 
 
 def contrast_loss_B(out_BK1: jax.Array, num_data: int) -> jax.Array:
@@ -93,7 +85,7 @@ class Embed(nn.Module):
             ),
             name="linear",
         )
-        return _normalize_rows(dense(x_BF))
+        return l2_normalize(dense(x_BF))
 
 
 @register("crd")
@@ -188,5 +180,5 @@ class CRD(Method):
             for bank, v_BD in ((student_bank, v_s_BD), (teacher_bank, v_t_BD)):
                 old_BD = bank.value[jnp.clip(index_B, 0, n - 1)]
                 new_BD = self.nce_m * old_BD + (1.0 - self.nce_m) * jax.lax.stop_gradient(v_BD)
-                bank.value = bank.value.at[target_B].set(_normalize_rows(new_BD), mode="drop")
+                bank.value = bank.value.at[target_B].set(l2_normalize(new_BD), mode="drop")
         return loss_s + loss_t

@@ -50,6 +50,7 @@ import numpy as np
 
 from distill_jax.losses.base import masked_mean, to_float32
 from distill_jax.losses.method import Batch, Method, Outputs, register
+from distill_jax.losses.ops import adaptive_avg_pool, as_map, l2_normalize
 
 # PyTorch's default `Conv2d`/`Linear` weight init, `kaiming_uniform_(a=sqrt(5))`, i.e.
 # uniform in +-1/sqrt(fan_in); RepDistiller's regressors and embeddings keep it. (Biases
@@ -120,24 +121,6 @@ def _feature_pairs(
     return pairs, keep_B
 
 
-def _as_BHWC(x: jax.Array, what: str) -> jax.Array:
-    """A conv feature as is, a `(B, D)` vector feature as a `(B, 1, 1, D)` map."""
-    if x.ndim == 2:
-        return x[:, None, None, :]
-    if x.ndim != 4:
-        raise ValueError(f"{what} must be (B, H, W, C) or (B, D), got shape {x.shape}")
-    return x
-
-
-def _avg_pool_to(x_BHWC: jax.Array, height: int, width: int) -> jax.Array:
-    """Average-pools `x` to `height x width` when its size is a multiple of that size.
-
-    This is `F.adaptive_avg_pool2d` for the divisible case (non-overlapping windows).
-    """
-    b, h, w, c = x_BHWC.shape
-    return x_BHWC.reshape(b, height, h // height, width, w // width, c).mean(axis=(2, 4))
-
-
 def _match_spatial(f_s: jax.Array, f_t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Pools the larger of two NHWC maps to the smaller one's size (RepDistiller's AT/VID).
 
@@ -149,23 +132,13 @@ def _match_spatial(f_s: jax.Array, f_t: jax.Array) -> tuple[jax.Array, jax.Array
     if (hs, ws) == (ht, wt):
         return f_s, f_t
     if hs >= ht and ws >= wt and hs % ht == 0 and ws % wt == 0:
-        return _avg_pool_to(f_s, ht, wt), f_t
+        return adaptive_avg_pool(f_s, (ht, wt)), f_t
     if ht >= hs and wt >= ws and ht % hs == 0 and wt % ws == 0:
-        return f_s, _avg_pool_to(f_t, hs, ws)
+        return f_s, adaptive_avg_pool(f_t, (hs, ws))
     raise ValueError(
         f"student feature shape {f_s.shape} and teacher feature shape {f_t.shape} have "
         "spatial sizes that are neither equal nor integer multiples of each other"
     )
-
-
-def _l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """`x / max(||x||_2, eps)` along `axis` (PyTorch's `F.normalize`).
-
-    Written as `x * rsqrt(max(||x||^2, eps^2))` so that an all-zero vector (a padded
-    row, or RKD's `e_i - e_i`) has a zero gradient instead of NaN.
-    """
-    sq = jnp.sum(x * x, axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def _safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -331,13 +304,13 @@ class FitNet(Method):
         pairs, keep_B = _feature_pairs(self, student, teacher, batch)
         total = jnp.float32(0.0)
         for i, (f_s, f_t) in enumerate(pairs):
-            f_t_BHWC = _as_BHWC(f_t, "teacher feature")
+            f_t_BHWC = as_map(f_t, "teacher feature")
             guided_BHWC = ConvRegressor(
                 target_shape=f_t_BHWC.shape[1:],
                 use_bn=self.use_bn,
                 use_relu=self.use_relu,
                 name=f"regressor{i}",
-            )(_as_BHWC(f_s, "student feature"), keep_B)
+            )(as_map(f_s, "student feature"), keep_B)
             values_B = jnp.mean(jnp.square(guided_BHWC - f_t_BHWC), axis=(1, 2, 3))
             total = total + masked_mean(values_B, keep_B)
         return total
@@ -362,7 +335,7 @@ def attention_map(feats_BHWC: jax.Array, p: float = 2.0) -> jax.Array:
     """
     b = feats_BHWC.shape[0]
     am_BHW = jnp.mean(jnp.abs(feats_BHWC) ** p, axis=-1)
-    return _l2_normalize(am_BHW.reshape(b, -1), axis=-1)
+    return l2_normalize(am_BHW.reshape(b, -1), axis=-1)
 
 
 @register("at")
@@ -397,7 +370,7 @@ class AttentionTransfer(Method):
         total = jnp.float32(0.0)
         for f_s, f_t in pairs:
             f_s, f_t = _match_spatial(
-                _as_BHWC(f_s, "student feature"), _as_BHWC(f_t, "teacher feature")
+                as_map(f_s, "student feature"), as_map(f_t, "teacher feature")
             )
             diff_BN = attention_map(f_s, self.p) - attention_map(f_t, self.p)
             total = total + masked_mean(jnp.mean(jnp.square(diff_BN), axis=-1), keep_B)
@@ -438,8 +411,8 @@ class SimilarityPreserving(Method):
         for f_s, f_t in pairs:
             b = f_s.shape[0]
             q_s, q_t = f_s.reshape(b, -1), f_t.reshape(b, -1)
-            g_s_BB = _l2_normalize(q_s @ q_s.T, axis=1)
-            g_t_BB = _l2_normalize(q_t @ q_t.T, axis=1)
+            g_s_BB = l2_normalize(q_s @ q_s.T, axis=1)
+            g_t_BB = l2_normalize(q_t @ q_t.T, axis=1)
             n = _kept_count(keep_B, b)
             total = total + jnp.sum(jnp.square(g_t_BB - g_s_BB)) / (n * n)
         return total
@@ -595,7 +568,7 @@ class VID(Method):
         total = jnp.float32(0.0)
         for i, (f_s, f_t) in enumerate(pairs):
             f_s, f_t = _match_spatial(
-                _as_BHWC(f_s, "student feature"), _as_BHWC(f_t, "teacher feature")
+                as_map(f_s, "student feature"), as_map(f_t, "teacher feature")
             )
             channels_t = f_t.shape[-1]
             mean_BHWC, var_C = VIDRegressor(
@@ -658,7 +631,7 @@ class RKD(Method):
         count = jnp.sum(weights_BB)
         mean = jnp.sum(weights_BB * dist_BB) / jnp.maximum(count, 1.0)
         mean = jnp.where(count > 0, mean, 1.0)
-        unit_BBD = _l2_normalize(diff_BBD, axis=-1)
+        unit_BBD = l2_normalize(diff_BBD, axis=-1)
         angle_BBB = jnp.einsum("ijd,ikd->ijk", unit_BBD, unit_BBD)
         return dist_BB / mean, angle_BBB
 

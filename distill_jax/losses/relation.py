@@ -46,6 +46,7 @@ import numpy as np
 
 from distill_jax.losses.base import masked_mean, to_float32
 from distill_jax.losses.method import Batch, Method, Outputs, register
+from distill_jax.losses.ops import adaptive_avg_pool, as_map, l2_normalize
 
 # PyTorch's default `Conv2d`/`Linear` weight init, `kaiming_uniform_(a=sqrt(5))`.
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -92,36 +93,6 @@ def _conv(
 # ---------------------------------------------------------------------------
 
 
-def _pool_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """`(size_out, size_in)` averaging matrix of PyTorch's adaptive average pooling."""
-    matrix = np.zeros((size_out, size_in), np.float32)
-    for i in range(size_out):
-        start = (i * size_in) // size_out
-        end = -((-(i + 1) * size_in) // size_out)  # ceil
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
-
-
-def adaptive_avg_pool(x_BHWC: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
-    """PyTorch's `F.adaptive_avg_pool2d` on an NHWC array.
-
-    Args:
-      x_BHWC: feature map.
-      size_hw: output `(h, w)`.
-
-    Returns:
-      `(B, h, w, C)`: output cell `(i, j)` is the mean of input rows
-      `[floor(i*H/h), ceil((i+1)*H/h))` and the analogous columns.
-    """
-    _, H, W, _ = x_BHWC.shape
-    h, w = size_hw
-    if (H, W) == (h, w):
-        return x_BHWC
-    pool_hH = jnp.asarray(_pool_matrix(H, h), x_BHWC.dtype)
-    pool_wW = jnp.asarray(_pool_matrix(W, w), x_BHWC.dtype)
-    return jnp.einsum("iH,bHWc,jW->bijc", pool_hH, x_BHWC, pool_wW)
-
-
 def resize_nearest(x_BHWC: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
     """PyTorch's `F.interpolate(mode="nearest")` on NHWC: output `i` reads `floor(i*H/h)`.
 
@@ -147,17 +118,6 @@ def pool_to_smaller(a_BHWC: jax.Array, b_BHWC: jax.Array) -> tuple[jax.Array, ja
     elif a_h < b_h:
         b_BHWC = adaptive_avg_pool(b_BHWC, a_BHWC.shape[1:3])
     return a_BHWC, b_BHWC
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """PyTorch's `F.normalize`: `x / max(||x||_2, eps)` along `axis`."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
-
-
-def _as_map(x: jax.Array) -> jax.Array:
-    """`(B, D)` vectors become `(B, 1, 1, D)` maps; NHWC maps pass through."""
-    return x[:, None, None, :] if x.ndim == 2 else x
 
 
 def gather_features(
@@ -697,8 +657,8 @@ class ReviewKD(Method):
     ) -> jax.Array:
         mask_B = batch.get("mask")
         feats_s, feats_t = gather_features(self, student, teacher)
-        feats_s = [_as_map(f) for f in feats_s]
-        feats_t = [_as_map(f) for f in feats_t]
+        feats_s = [as_map(f) for f in feats_s]
+        feats_t = [as_map(f) for f in feats_t]
         n = len(feats_s)
         mid = self.mid_channels or min(512, feats_s[-1].shape[-1])
         total = jnp.zeros((), jnp.float32)
