@@ -67,7 +67,8 @@ def make_train_step(
 
     def train_step(state: TrainState, teacher_vars: Any, batch: Batch):
         step_key = jax.random.fold_in(state.rng, state.step)
-        aug_key, dropout_key, method_key = jax.random.split(step_key, 3)
+        aug_key, dropout_key = jax.random.split(step_key)
+        method_key = jax.random.fold_in(step_key, 2)  # CRD's negatives
         if axis_name is not None:  # distinct dropout masks on each device
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
         images = augment(aug_key, to_float(batch["image"]), batch["index"], translate, flip)

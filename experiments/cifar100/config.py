@@ -9,8 +9,10 @@ Recipe (RepDistiller / mdistiller): 240 epochs, batch 64, SGD momentum 0.9 with 
 rate 0.05 divided by 10 at epochs 150, 180 and 210, weight decay 5e-4, random crop with
 4-pixel padding (`translate=4`) and horizontal flips. Teachers are trained with the same
 recipe. Method weights are RepDistiller's `scripts/run_cifar_distill.sh` (`-r` is our
-`alpha`, the CE weight; `-a` the KD weight; `-b` the method's weight); DKD, DIST, LS-KD and
-ReviewKD use their papers' CIFAR settings.
+`alpha`, the CE weight; `-a` the KD weight; `-b` the method's weight); DKD, LS-KD and
+ReviewKD use their authors' CIFAR settings for resnet32x4 -> resnet8x4; DIST uses its
+official defaults (beta = gamma = tau = 1). For MobileNet/ShuffleNet students the recipe's
+learning rate is 0.01: `--config.student.train.learning_rate=0.01`.
 
 As in those papers, "best" accuracy is selected on the test split (CIFAR-100 has no
 validation split): `data.validation_split = "test"`. The sweep reports both best and last.
@@ -52,6 +54,7 @@ METHODS = {
     # mdistiller's DKD config (CE 1, alpha 1, beta 8, T 4; its 20-epoch warm-up of the
     # DKD weight is not reproduced: the weight is constant).
     "dkd": {"alpha": 1.0, "losses": {"dkd": {"weight": 1.0}}},
+    # DIST with its official defaults (beta = gamma = tau = 1), not tuned for CIFAR.
     "dist": {"alpha": 1.0, "losses": {"dist": {"weight": 1.0}}},
     # LS-KD: KD on z-scored logits, CE 0.1 and KD weight 9 (the paper's CIFAR setting).
     "ls_kd": {"alpha": 0.1, "losses": {"ls_kd": {"weight": 9.0}}},
