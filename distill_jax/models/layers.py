@@ -99,3 +99,20 @@ def channel_shuffle(x_BHWC: jnp.ndarray, groups: int) -> jnp.ndarray:
     b, h, w, c = x_BHWC.shape
     x = x_BHWC.reshape(b, h, w, groups, c // groups)
     return jnp.swapaxes(x, 3, 4).reshape(b, h, w, c)
+
+
+def classifier_head(
+    x_BHWC: jnp.ndarray,
+    features: dict[str, jnp.ndarray],
+    num_classes: int,
+    dtype: str,
+    kernel_init: nn.initializers.Initializer = torch_default_init,
+) -> jnp.ndarray:
+    """Global average pool -> `features["pre_logits"]` -> the `head` Dense layer.
+
+    Call it from inside a compact `__call__`: the Dense layer is created in the caller's
+    scope under the name `head`, as if written there.
+    """
+    x_BD = global_avg_pool(x_BHWC)
+    features["pre_logits"] = x_BD
+    return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, name="head")(x_BD)

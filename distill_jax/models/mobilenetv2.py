@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from distill_jax.models.base import Features
-from distill_jax.models.layers import batch_norm, conv, global_avg_pool
+from distill_jax.models.layers import batch_norm, classifier_head, conv
 
 # (expansion, channels, blocks, stride) per group; expansion None means the model's T.
 _GROUPS: tuple[tuple[int | None, int, int, int], ...] = (
@@ -116,14 +116,9 @@ class MobileNetV2(nn.Module):
         last_width = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
         x = conv(last_width, 1, dtype=self.dtype, name="conv2")(x)
         x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn2")(x))
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.normal(0.01),
-            name="head",
-        )(x_BD)
+        logits_BC = classifier_head(
+            x, features, self.num_classes, self.dtype, kernel_init=nn.initializers.normal(0.01)
+        )
         return logits_BC, features
 
 

@@ -32,7 +32,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from distill_jax.models.base import Features
-from distill_jax.models.layers import batch_norm, conv, global_avg_pool, torch_default_init
+from distill_jax.models.layers import (
+    batch_norm,
+    classifier_head,
+    conv,
+)
 
 
 class BasicBlock(nn.Module):
@@ -146,11 +150,7 @@ class CifarResNet(nn.Module):
                 )(x, train)
             features[f"stage{i}"] = x
             features[f"stage{i}_preact"] = preact
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes, dtype=self.dtype, kernel_init=torch_default_init, name="head"
-        )(x_BD)
+        logits_BC = classifier_head(x, features, self.num_classes, self.dtype)
         return logits_BC, features
 
 
@@ -251,11 +251,7 @@ class ResNet(nn.Module):
                 )(x, train)
             features[f"stage{i}"] = x
             features[f"stage{i}_preact"] = preact
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes, dtype=self.dtype, kernel_init=torch_default_init, name="head"
-        )(x_BD)
+        logits_BC = classifier_head(x, features, self.num_classes, self.dtype)
         return logits_BC, features
 
 

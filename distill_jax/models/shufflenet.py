@@ -32,8 +32,8 @@ from distill_jax.models.base import Features
 from distill_jax.models.layers import (
     batch_norm,
     channel_shuffle,
+    classifier_head,
     conv,
-    global_avg_pool,
     torch_default_init,
 )
 
@@ -132,11 +132,7 @@ class ShuffleNetV1(nn.Module):
                 )(x, train)
             features[f"stage{i}"] = x
             features[f"stage{i}_preact"] = preact
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes, dtype=self.dtype, kernel_init=torch_default_init, name="head"
-        )(x_BD)
+        logits_BC = classifier_head(x, features, self.num_classes, self.dtype)
         return logits_BC, features
 
 
@@ -249,9 +245,5 @@ class ShuffleNetV2(nn.Module):
             self.widths[-1], 1, dtype=self.dtype, kernel_init=torch_default_init, name="conv2"
         )(x)
         x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn2")(x))
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes, dtype=self.dtype, kernel_init=torch_default_init, name="head"
-        )(x_BD)
+        logits_BC = classifier_head(x, features, self.num_classes, self.dtype)
         return logits_BC, features

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from distill_jax.models.base import Features
-from distill_jax.models.layers import batch_norm, conv, global_avg_pool
+from distill_jax.models.layers import batch_norm, classifier_head, conv
 
 # Layers per block for each depth (RepDistiller's configurations S, A, B, D, E).
 VGG_LAYERS: dict[int, tuple[int, ...]] = {
@@ -80,14 +80,9 @@ class VGG(nn.Module):
                 features[f"stage{i}_preact"] = x
                 x = nn.relu(x)
                 features[f"stage{i}"] = x
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.normal(0.01),
-            name="head",
-        )(x_BD)
+        logits_BC = classifier_head(
+            x, features, self.num_classes, self.dtype, kernel_init=nn.initializers.normal(0.01)
+        )
         return logits_BC, features
 
 

@@ -28,7 +28,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from distill_jax.models.base import Features
-from distill_jax.models.layers import batch_norm, conv, global_avg_pool, torch_default_init
+from distill_jax.models.layers import (
+    batch_norm,
+    classifier_head,
+    conv,
+)
 
 
 class WideBasicBlock(nn.Module):
@@ -112,11 +116,7 @@ class WideResNet(nn.Module):
         x = nn.relu(x_preact)
         features["stage3_preact"] = x_preact
         features["stage3"] = x
-        x_BD = global_avg_pool(x)
-        features["pre_logits"] = x_BD
-        logits_BC = nn.Dense(
-            self.num_classes, dtype=self.dtype, kernel_init=torch_default_init, name="head"
-        )(x_BD)
+        logits_BC = classifier_head(x, features, self.num_classes, self.dtype)
         return logits_BC, features
 
 
