@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax.losses.base import masked_mean, to_float32
+from distill_jax.losses.base import masked_mean
 from distill_jax.losses.method import Batch, Method, Outputs, register
-from distill_jax.losses.ops import adaptive_avg_pool, as_map, l2_normalize
+from distill_jax.losses.ops import adaptive_avg_pool, as_map, gather_features, l2_normalize
 
 # PyTorch's default `Conv2d`/`Linear` weight init, `kaiming_uniform_(a=sqrt(5))`, i.e.
 # uniform in +-1/sqrt(fan_in); RepDistiller's regressors and embeddings keep it. (Biases
@@ -82,16 +82,6 @@ def _zero_masked_rows(x_B: jax.Array, keep_B: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x_B, jnp.zeros_like(x_B))
 
 
-def _feature(outputs: Outputs, name: str, who: str) -> jax.Array:
-    """Looks up `outputs["features"][name]` with an error listing the available names."""
-    features = outputs["features"]
-    if name not in features:
-        raise ValueError(
-            f"{who} feature {name!r} not found; available features: {sorted(features)}"
-        )
-    return features[name]
-
-
 def _feature_pairs(
     method: Method, student: Outputs, teacher: Outputs, batch: Batch
 ) -> tuple[list[tuple[jax.Array, jax.Array]], jax.Array | None]:
@@ -108,9 +98,8 @@ def _feature_pairs(
         )
     pairs = []
     keep_B = None
-    for name_s, name_t in zip(names_s, names_t, strict=True):
-        f_s = to_float32(_feature(student, name_s, "student"))
-        f_t = to_float32(jax.lax.stop_gradient(_feature(teacher, name_t, "teacher")))
+    feats_s, feats_t = gather_features(method, student, teacher)
+    for name_s, name_t, f_s, f_t in zip(names_s, names_t, feats_s, feats_t, strict=True):
         if f_s.shape[0] != f_t.shape[0]:
             raise ValueError(
                 f"student feature {name_s!r} {f_s.shape} and teacher feature {name_t!r} "

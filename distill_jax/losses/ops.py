@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from distill_jax.losses.base import to_float32
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -54,3 +59,35 @@ def adaptive_avg_pool(x_BHWC: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
     pool_hH = jnp.asarray(_pool_matrix(H, h), x_BHWC.dtype)
     pool_wW = jnp.asarray(_pool_matrix(W, w), x_BHWC.dtype)
     return jnp.einsum("iH,bHWc,jW->bijc", pool_hH, x_BHWC, pool_wW)
+
+
+def _feature(outputs: Mapping[str, Any], name: str, who: str) -> jax.Array:
+    """Looks up `outputs["features"][name]` with an error listing the available names."""
+    features = outputs["features"]
+    if name not in features:
+        raise ValueError(
+            f"{who} feature {name!r} not found; available features: {sorted(features)}"
+        )
+    return features[name]
+
+
+def gather_features(
+    method: Any, student: Mapping[str, Any], teacher: Mapping[str, Any]
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Reads a method's declared features: float32, the teacher's under `stop_gradient`.
+
+    Raises:
+      ValueError: the student and teacher feature lists differ in length, or a feature
+        does not exist (the message lists those that do).
+    """
+    if len(method.student_features) != len(method.teacher_features):
+        raise ValueError(
+            f"{type(method).__name__}: student_features {tuple(method.student_features)} "
+            f"and teacher_features {tuple(method.teacher_features)} differ in length"
+        )
+    feats_s = [to_float32(_feature(student, n, "student")) for n in method.student_features]
+    feats_t = [
+        to_float32(jax.lax.stop_gradient(_feature(teacher, n, "teacher")))
+        for n in method.teacher_features
+    ]
+    return feats_s, feats_t

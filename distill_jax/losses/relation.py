@@ -44,9 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax.losses.base import masked_mean, to_float32
+from distill_jax.losses.base import masked_mean
 from distill_jax.losses.method import Batch, Method, Outputs, register
-from distill_jax.losses.ops import adaptive_avg_pool, as_map, l2_normalize
+from distill_jax.losses.ops import adaptive_avg_pool, as_map, gather_features, l2_normalize
 
 # PyTorch's default `Conv2d`/`Linear` weight init, `kaiming_uniform_(a=sqrt(5))`.
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -118,26 +118,6 @@ def pool_to_smaller(a_BHWC: jax.Array, b_BHWC: jax.Array) -> tuple[jax.Array, ja
     elif a_h < b_h:
         b_BHWC = adaptive_avg_pool(b_BHWC, a_BHWC.shape[1:3])
     return a_BHWC, b_BHWC
-
-
-def gather_features(
-    method: Method, student: Outputs, teacher: Outputs
-) -> tuple[list[jax.Array], list[jax.Array]]:
-    """Reads a method's declared features: float32, the teacher's under `stop_gradient`.
-
-    Raises:
-      ValueError: the student and teacher feature lists differ in length.
-    """
-    if len(method.student_features) != len(method.teacher_features):
-        raise ValueError(
-            f"{type(method).__name__}: student_features {tuple(method.student_features)} "
-            f"and teacher_features {tuple(method.teacher_features)} differ in length"
-        )
-    feats_s = [to_float32(student["features"][n]) for n in method.student_features]
-    feats_t = [
-        to_float32(jax.lax.stop_gradient(teacher["features"][n])) for n in method.teacher_features
-    ]
-    return feats_s, feats_t
 
 
 class BatchStatNorm(nn.Module):
