@@ -27,7 +27,7 @@ from distill_jax.losses.feature import (  # noqa: E402
     FitNet,
     SimilarityPreserving,
 )
-from distill_jax.losses.kd import kd_loss
+from distill_jax.losses.kd import kd_loss, topk_kd_loss
 from distill_jax.losses.logit import (
     dist_loss,
     dkd_loss,
@@ -82,6 +82,7 @@ __all__ = [
     "skew_reverse_kl_loss",
     "standardize_logits",
     "to_float32",
+    "topk_kd_loss",
     "tvd_loss",
 ]
 

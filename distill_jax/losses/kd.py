@@ -58,3 +58,48 @@ def kd_loss(
     p_teacher_BC = jnp.exp(log_p_teacher_BC)
     kl_B = jnp.sum(p_teacher_BC * (log_p_teacher_BC - log_p_student_BC), axis=-1)
     return masked_mean(temperature**2 * kl_B, mask_B)
+
+
+def topk_kd_loss(
+    student_logits_BC: jax.Array,
+    teacher_values_BK: jax.Array,
+    teacher_indices_BK: jax.Array,
+    temperature: float = 4.0,
+    mask_B: jax.Array | None = None,
+) -> jax.Array:
+    """KD against a teacher stored as its top-k logits (offline / cached distillation).
+
+    The teacher's distribution is renormalised over its `k` kept classes,
+    `p_k = softmax(v_k / T)` (as FKD/ReLabel store soft labels), and compared with the
+    student's full softmax at those classes:
+
+        T^2 * sum_k p_k * (log p_k - log softmax(s / T)[i_k]).
+
+    With `k = C` (all classes, any order) this is exactly `kd_loss`.
+
+    Args:
+      student_logits_BC: student class scores `[B, C]`.
+      teacher_values_BK: the teacher's `k` largest logits per row (any float dtype).
+      teacher_indices_BK: their class indices, int.
+      temperature: softmax temperature `T > 0`; may be traced.
+      mask_B: optional row mask.
+
+    Returns:
+      A float32 scalar: the mean over kept rows.
+    """
+    student_logits_BC = to_float32(student_logits_BC)
+    values_BK = to_float32(jax.lax.stop_gradient(teacher_values_BK))
+    if (
+        values_BK.shape != teacher_indices_BK.shape
+        or values_BK.shape[0] != (student_logits_BC.shape[0])
+    ):
+        raise ValueError(
+            f"top-k teacher values {values_BK.shape} / indices {teacher_indices_BK.shape} do "
+            f"not fit student logits {student_logits_BC.shape}"
+        )
+    log_p_student_BC = jax.nn.log_softmax(student_logits_BC / temperature, axis=-1)
+    log_p_student_BK = jnp.take_along_axis(log_p_student_BC, teacher_indices_BK, axis=-1)
+    log_p_teacher_BK = jax.nn.log_softmax(values_BK / temperature, axis=-1)
+    p_teacher_BK = jnp.exp(log_p_teacher_BK)
+    kl_B = jnp.sum(p_teacher_BK * (log_p_teacher_BK - log_p_student_BK), axis=-1)
+    return masked_mean(temperature**2 * kl_B, mask_B)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax.errors import ConfigError
+from distill_jax.losses.kd import topk_kd_loss
 from distill_jax.losses.method import METHODS, Method
 
 # Arguments the pipeline supplies itself; a config may not set them.
@@ -107,6 +108,8 @@ class Objective:
         from distill_jax.losses import LOSSES
 
         losses = dict(distill_cfg.get("losses") or {})
+        # Hinton's objective; only it takes per-student alpha/temperature (`hparams`).
+        self.is_default = not losses
         if not losses:
             losses = {
                 "kd": {
@@ -175,6 +178,7 @@ class Objective:
         batch: dict,
         key: jax.Array,
         train: bool = True,
+        hparams: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
         """Weighted sum of the terms.
 
@@ -185,6 +189,8 @@ class Objective:
             batch: `{"label", "index", "mask"}`.
             key: randomness for methods that sample (CRD's negatives).
             train: update memory banks.
+            hparams: per-student `alpha`/`temperature` (traced scalars) that replace the
+                config's in the default objective (vmapped hyperparameter grids).
 
         Returns:
             `(loss, terms, new_memory)`: the weighted sum, each term unweighted by name,
@@ -197,8 +203,17 @@ class Objective:
         new_memory = dict(memory)
         mask = batch.get("mask")
         for i, term in enumerate(self.terms):
+            weight = term.weight
             if term.method is None:
                 kwargs = {k: v for k, v in term.kwargs.items() if k != "_needs_labels"}
+                if hparams is not None and self.is_default:
+                    weight = 1.0 - hparams["alpha"]
+                    kwargs["temperature"] = hparams["temperature"]
+                if "logits" not in teacher:  # a top-k teacher cache: KD only (checked early)
+                    value = topk_kd_loss(student["logits"], *teacher["topk"], **kwargs, mask_B=mask)
+                    terms[term.name] = value
+                    total = total + weight * value
+                    continue
                 args = [student["logits"], teacher["logits"]]
                 if term.kwargs.get("_needs_labels"):
                     args.append(batch["label"])
@@ -226,5 +241,19 @@ class Objective:
                         variables, student, teacher, batch, train=train, rngs=rngs
                     )
             terms[term.name] = value
-            total = total + term.weight * value
+            total = total + weight * value
         return total, terms, new_memory
+
+    def check_cached_teacher(self, top_k: int) -> None:
+        """Refuses terms that a teacher cache cannot feed (features; non-KD with top-k)."""
+        for term in self.terms:
+            if term.method is not None:
+                raise ConfigError(
+                    f"distill.losses.{term.name} reads teacher features, which a teacher "
+                    f"cache does not store; use the online teacher (--teacher DIR)"
+                )
+            if top_k and term.name != "kd":
+                raise ConfigError(
+                    f"distill.losses.{term.name} needs the teacher's full logits; this cache "
+                    f"keeps the top {top_k} only (cache-teacher --top_k 0 stores all)"
+                )
