@@ -4,7 +4,14 @@
     distill-jax sweep    --config FILE --workdir DIR [--pairs ...] [--methods ...]
     distill-jax train    --config FILE --workdir DIR [--role teacher|student]
     distill-jax distill  --config FILE --workdir DIR --teacher TEACHER_DIR
+                         [--teacher_cache CACHE_DIR] [--vmap_students N]
+    distill-jax cache-teacher --config FILE --teacher TEACHER_DIR --workdir CACHE_DIR
+                         [--top_k K] [--views V]
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
+
+Multi-process (multi-host) runs: start the same command in every process with
+`--coordinator_address HOST:PORT --num_processes P --process_id I` (or none of them on a
+cluster that JAX detects: TPU VM slices, SLURM).
 
 Any config key can be overridden with `--config.KEY=VALUE` (e.g.
 `--config.student.train.epochs=5`; values are Python literals or bare strings). Errors a
@@ -38,6 +45,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--workdir", required=True, help="directory of the run's outputs")
         p.add_argument("--data_dir", help="TFDS data dir (else $TFDS_DATA_DIR, else cache)")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
+        g = p.add_argument_group("multi-process runs (jax.distributed)")
+        g.add_argument("--coordinator_address", help="HOST:PORT of process 0")
+        g.add_argument("--num_processes", type=int, help="number of processes")
+        g.add_argument("--process_id", type=int, help="this process's rank")
+        g.add_argument(
+            "--heartbeat_timeout",
+            type=int,
+            help="seconds after which a silent peer fails the run (JAX default: 100)",
+        )
+        g.add_argument(
+            "--distributed",
+            action="store_true",
+            help="join a cluster that JAX detects (TPU VM slice, SLURM) without addresses",
+        )
 
     p = sub.add_parser("run", help="teacher, student alone and distilled student, compared")
     common(p)
@@ -59,8 +80,22 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train the student from a trained teacher")
     common(p)
     p.add_argument("--teacher", help="workdir of a `train` run (else config teacher.workdir)")
+    p.add_argument(
+        "--teacher_cache", help="a `cache-teacher` directory: read the teacher's outputs"
+    )
+    p.add_argument("--vmap_students", type=int, help="train N students (seeds) in one vmapped step")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser(
+        "cache-teacher", help="run the teacher once; store its outputs for offline distilling"
+    )
+    common(p)
+    p.add_argument("--teacher", help="workdir of a `train` run (else config teacher.workdir)")
+    p.add_argument("--top_k", type=int, default=0, help="keep the top-k logits (0: all)")
+    p.add_argument("--views", type=int, default=1, help="augmented views per example")
+    p.add_argument("--split", default="train", help="which split (default: train)")
+    p.add_argument("--seed", type=int, help="augmentation seed of the views (default: seed)")
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on a split")
     common(p, config_required=False)
@@ -104,6 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.coordinator_address or args.num_processes or args.process_id is not None:
+        args.distributed = True
+    if args.distributed:  # before any JAX computation
+        from distill_jax.parallel import initialize_distributed
+
+        initialize_distributed(
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            heartbeat_timeout_seconds=args.heartbeat_timeout,
+        )
     # Heavy imports after argument parsing, so `--help` and usage errors are instant.
     from distill_jax.train import loop
 
@@ -129,15 +175,33 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
             seeds=args.seeds,
         )
         return 0
+    if args.command == "cache-teacher":
+        return _cache_teacher(args, config)
     if args.command == "train":
         result = loop.fit(
             config, args.workdir, role=args.role, seed=args.seed, overwrite=args.overwrite
         )
     else:  # distill
+        extra = []
+        if args.teacher_cache:
+            extra.append(f"distill.cache={args.teacher_cache!r}")
+        if args.vmap_students:
+            extra.append(f"vmap.students={args.vmap_students}")
+        if extra:
+            from distill_jax import config as config_lib
+
+            cfg = config_lib.to_dict(config)
+            for item in extra:
+                config_lib.set_key(cfg, *config_lib._parse_override(item))
+            config = config_lib.from_dict(cfg)
         teacher_dir = args.teacher or config.teacher.workdir
-        if not teacher_dir:
-            raise ConfigError("distill needs a teacher: --teacher DIR or teacher.workdir")
-        teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
+        if not teacher_dir and not config.distill.cache:
+            raise ConfigError(
+                "distill needs a teacher: --teacher DIR, teacher.workdir or --teacher_cache"
+            )
+        teacher = None
+        if teacher_dir:
+            teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
         result = loop.fit(
             config,
             args.workdir,
@@ -146,8 +210,65 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
             teacher=teacher,
             overwrite=args.overwrite,
         )
+    if jax_process_index() != 0:
+        return 0
     _print_metrics(result.test)
-    _write_json(os.path.join(args.workdir, "eval.json"), result.test)
+    test = dict(result.test)
+    if result.students:
+        from distill_jax.report import students_table
+
+        table = students_table(result.students)
+        print(table)
+        _write_text(os.path.join(args.workdir, "report.md"), table)
+        test["students"] = result.students
+    _write_json(os.path.join(args.workdir, "eval.json"), test)
+    return 0
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _cache_teacher(args: argparse.Namespace, config) -> int:
+    from distill_jax.train import loop
+    from distill_jax.train.teacher_cache import write_cache
+
+    teacher_dir = args.teacher or config.teacher.workdir
+    if not teacher_dir:
+        raise ConfigError("cache-teacher needs a teacher: --teacher DIR or teacher.workdir")
+    teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
+    data = loop.load_data(config)
+    splits = {
+        config.data.train_split: data.train,
+        config.data.validation_split: data.validation,
+        config.data.test_split: data.test,
+    }
+    if args.split not in splits:
+        raise ConfigError(f"--split {args.split!r} is not one of {', '.join(splits)}")
+    split = splits[args.split]
+    loop.check_teacher(teacher, split.info)
+    train = config.student.train
+    meta = write_cache(
+        teacher,
+        split,
+        args.workdir,
+        split_name=args.split,
+        top_k=args.top_k,
+        views=args.views,
+        translate=train.translate,
+        flip=train.flip,
+        seed=config.seed if args.seed is None else args.seed,
+        batch_size=config.data.eval_batch_size,
+        progress=config.log.progress,
+    )
+    d = meta["dataset"]
+    kept = f"top-{meta['top_k']}" if meta["top_k"] else "all"
+    print(
+        f"cached {kept} logits of {d['num_examples']} examples x {meta['views']} view(s) of "
+        f"{d['name']}:{d['split']} in {args.workdir}"
+    )
     return 0
 
 
@@ -186,9 +307,13 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _write_json(path: str, obj: dict) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
+
+
+def _write_text(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
 
 

@@ -29,6 +29,7 @@ STRATEGIES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 TEACHER_CHECKPOINTS = ("latest", "best")
 ON_NONFINITE = ("stop", "skip")
+PIPELINES = ("auto", "device", "host")
 # Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
 _FREE_KEYS = ("teacher.model", "student.model", "distill.losses", "sweep.methods")
 
@@ -70,6 +71,11 @@ def default_config() -> dict[str, Any]:
             "test_split": "test",
             "eval_batch_size": 500,
             "num_workers": 0,  # Grain worker processes (0: read in the main process)
+            # device: the training split lives on the device and the jitted step gathers
+            # and augments each batch itself (only indices cross from the host); host:
+            # Grain assembles each batch on the host; auto: device if the split < 1 GiB.
+            "pipeline": "auto",
+            "shuffle_seed": -1,  # data order and augmentation; -1: the run's seed
         },
         "teacher": {
             "model": {"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
@@ -88,6 +94,9 @@ def default_config() -> dict[str, Any]:
             # {"kd": {"weight": 0.9, "temperature": 4}, "crd": {"weight": 0.8}}. Empty:
             # (1 - alpha) * KD at `temperature`. The CE weight is always `alpha`.
             "losses": {},
+            # A `distill-jax cache-teacher` directory: read the teacher's outputs from it
+            # instead of running the teacher (offline distillation); None: online.
+            "cache": None,
         },
         "run": {
             "seeds": 1,  # students are repeated over seeds seed, seed+1, ...
@@ -99,6 +108,10 @@ def default_config() -> dict[str, Any]:
             "seeds": 1,
             "published": None,  # JSON file of published accuracies to compare against
         },
+        # Many students in one compiled step (jax.vmap), sharing each batch and one teacher
+        # forward: `students` seeds (seed, seed+1, ...) x each listed alpha x temperature
+        # x learning rate (empty lists: the config's single value).
+        "vmap": {"students": 1, "alpha": [], "temperature": [], "learning_rate": []},
         "parallel": {"strategy": "jit"},  # jit (sharded over a data mesh) | pmap
         "checkpoint": {
             "every_steps": 1000,
@@ -294,6 +307,12 @@ def validate(cfg: dict[str, Any]) -> None:
     validate_losses(cfg["distill"]["losses"])
     _choice(cfg["dtype"], DTYPES, "dtype")
     _choice(cfg["parallel"]["strategy"], STRATEGIES, "parallel.strategy")
+    _choice(cfg["data"]["pipeline"], PIPELINES, "data.pipeline")
+    if cfg["data"]["shuffle_seed"] < -1:
+        raise ConfigError(
+            f"data.shuffle_seed must be >= 0 (or -1), got {cfg['data']['shuffle_seed']}"
+        )
+    _validate_vmap(cfg["vmap"])
     _choice(cfg["teacher"]["checkpoint"], TEACHER_CHECKPOINTS, "teacher.checkpoint")
     for role in ROLES:
         validate_model_config(cfg[role]["model"], f"{role}.model")
@@ -327,6 +346,20 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["eval"]["every_epochs"], "eval.every_epochs")
     _positive(cfg["eval"]["ece_bins"], "eval.ece_bins")
     _positive(cfg["log"]["every_steps"], "log.every_steps")
+
+
+def _validate_vmap(vmap: dict[str, Any]) -> None:
+    _positive(vmap["students"], "vmap.students")
+    for key, low, high in (
+        ("alpha", 0.0, 1.0),
+        ("temperature", 0.0, None),
+        ("learning_rate", 0.0, None),
+    ):
+        for v in vmap[key]:
+            bad = isinstance(v, bool) or not isinstance(v, int | float)
+            if bad or v < low or (high is not None and v > high) or (high is None and v <= 0):
+                valid = f"in [{low}, {high}]" if high is not None else "> 0"
+                raise ConfigError(f"vmap.{key} entries must be numbers {valid}, got {v!r}")
 
 
 def _validate_sweep(sweep: dict[str, Any]) -> None:

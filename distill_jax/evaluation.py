@@ -39,7 +39,8 @@ class Evaluator:
         teacher: the teacher to compare against (agreement, KL), or None.
         batch_size: evaluation batch size (rounded up to a multiple of the devices).
         ece_bins: number of equal-width confidence bins for the ECE.
-        devices: the devices to shard the batch over (default: all).
+        devices: the devices to shard the batch over (default: this process's; in a
+            multi-process run every process evaluates the whole split on its own devices).
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class Evaluator:
         ece_bins: int = 15,
         devices: list | None = None,
     ):
-        self.mesh = create_mesh(devices)
+        self.mesh = create_mesh(jax.local_devices() if devices is None else devices)
         n = self.mesh.devices.size
         self.batch_size = -(-batch_size // n) * n
         self.teacher = teacher

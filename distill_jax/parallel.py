@@ -11,6 +11,11 @@ Two strategies run the same pure train step:
   statistics with `lax.pmean` over `AXIS`.
 
 Both give the single-device result up to float rounding (tested on 8 fake CPU devices).
+
+Multi-host (`initialize_distributed`): every process runs the same program over a global
+mesh of all processes' devices; each reads only its rows of every global batch, and
+values that every process needs on the host (state for checkpoints, metrics) are fetched
+from the process's own replica (`Strategy.fetch`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,51 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from distill_jax.errors import ConfigError
 
 AXIS = "data"
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout_seconds: int | None = None,
+    initialization_timeout: int | None = None,
+) -> None:
+    """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
+
+    With no arguments JAX detects the cluster (TPU VM slices, SLURM, Open MPI, ...).
+    Explicit arguments are for anything else: process `process_id` of `num_processes`,
+    all pointing at the `host:port` of process 0. Must run before any other JAX call.
+
+    Args:
+        coordinator_address: `host:port` of process 0's coordination service.
+        num_processes: how many processes take part.
+        process_id: this process's rank in `[0, num_processes)`.
+        heartbeat_timeout_seconds: how soon a dead peer fails the others (JAX's default
+            is 100 s; tests use a few seconds).
+        initialization_timeout: how long to wait for all processes to join.
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+        raise ConfigError(
+            "multi-process runs need all of --coordinator_address, --num_processes and "
+            "--process_id (or none of them, to let JAX detect the cluster)"
+        )
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ConfigError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+    kwargs: dict[str, Any] = {}
+    if heartbeat_timeout_seconds is not None:
+        kwargs["heartbeat_timeout_seconds"] = heartbeat_timeout_seconds
+    if initialization_timeout is not None:
+        kwargs["initialization_timeout"] = initialization_timeout
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+
+
+def _to_host(x: Any) -> Any:
+    """One host copy of a (replicated) array, also when it spans other processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return jax.device_get(x)
 
 
 def create_mesh(devices: list | None = None) -> Mesh:
@@ -84,13 +134,26 @@ class Strategy:
             return jax.tree.map(
                 lambda x: jax.device_put(np.broadcast_to(x, (n, *np.shape(x))), sharding), tree
             )
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        # Every process holds the same host value; each fills its own devices.
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(
+                np.shape(x), sharding, lambda i: np.asarray(x)[i]
+            ),
+            tree,
+        )
 
     def get(self, tree: Any) -> Any:
         """Brings a replicated pytree back as one copy (for checkpoints and eval)."""
         if self.name == "pmap":
             return jax.tree.map(lambda x: x[0], tree)
         return tree
+
+    def fetch(self, tree: Any) -> Any:
+        """One host (NumPy) copy of a replicated pytree: state, metrics, variables."""
+        return jax.tree.map(_to_host, self.get(tree))
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Places this process's rows of a global batch on the devices."""
@@ -116,4 +179,6 @@ def make_strategy(name: str, devices: list | None = None) -> Strategy:
     """The strategy `name` (`jit` or `pmap`) over all or the given devices."""
     if name not in ("jit", "pmap"):
         raise ConfigError(f"parallel.strategy = {name!r} is not valid; valid values: jit, pmap")
+    if name == "pmap" and jax.process_count() > 1:
+        raise ConfigError("multi-process runs use parallel.strategy='jit' (a global mesh)")
     return Strategy(name=name, mesh=create_mesh(devices))

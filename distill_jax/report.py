@@ -46,6 +46,34 @@ def test_record(result_test: dict[str, Any], seed: int, workdir: str) -> dict[st
     return rec
 
 
+def students_table(students: Sequence[dict[str, Any]]) -> str:
+    """Markdown tables of a vmapped run: one row per student, then mean ± std over the
+    seeds of each hyperparameter setting (alpha, temperature, learning rate)."""
+    rows = [
+        "| seed | alpha | T | learning rate | test acc % | NLL | ECE % | agreement % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    pct = lambda r, k: f"{100 * r[k]:.2f}" if k in r else "-"  # noqa: E731
+    for r in students:
+        rows.append(
+            f"| {r['seed']} | {r['alpha']:g} | {r['temperature']:g} | {r['learning_rate']:g} "
+            f"| {pct(r, 'accuracy')} | {r['nll']:.4f} | {pct(r, 'ece')} | {pct(r, 'agreement')} |"
+        )
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in students:
+        groups.setdefault((r["alpha"], r["temperature"], r["learning_rate"]), []).append(r)
+    rows += [
+        "",
+        "| alpha | T | learning rate | students | test acc % (mean ± std) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for (alpha, t, lr), group in groups.items():
+        acc = 100 * np.asarray([g["accuracy"] for g in group])
+        std = acc.std(ddof=1) if len(acc) > 1 else 0.0
+        rows.append(f"| {alpha:g} | {t:g} | {lr:g} | {len(group)} | {acc.mean():.2f} ± {std:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 def _fmt(entry: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
     if (
         key not in entry

@@ -11,7 +11,7 @@ from distill_jax.models import create_model
 from distill_jax.parallel import make_strategy
 from distill_jax.train.optim import make_optimizer
 from distill_jax.train.state import create_train_state
-from distill_jax.train.steps import make_train_step
+from distill_jax.train.steps import frozen_inputs, make_train_step
 
 IMAGE_SHAPE = (8, 8, 1)
 
@@ -48,7 +48,7 @@ def _setup(tiny_config, student_cfg, axis_name=None, translate=1):
 def test_teacher_unchanged_and_gets_no_gradient(tiny_config):
     state, teacher_vars, step, teacher = _setup(tiny_config, {"name": "mlp", "hidden": [16]})
     before = jax.tree.map(np.array, teacher_vars)
-    new_state, metrics = jax.jit(step)(state, teacher_vars, _batch())
+    new_state, metrics = jax.jit(step)(state, frozen_inputs(teacher_vars), _batch())
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, teacher_vars))
     assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
     # Differentiating the whole step's loss w.r.t. the teacher's parameters gives zeros.
@@ -69,7 +69,7 @@ def test_teacher_unchanged_and_gets_no_gradient(tiny_config):
 def test_student_params_change(tiny_config):
     state, teacher_vars, step, _ = _setup(tiny_config, {"name": "mlp", "hidden": [16]})
     before = jax.tree.map(np.array, state.params)
-    new_state, _ = jax.jit(step)(state, teacher_vars, _batch())
+    new_state, _ = jax.jit(step)(state, frozen_inputs(teacher_vars), _batch())
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, new_state.params)
     assert all(jax.tree.leaves(changed))
 
@@ -95,10 +95,10 @@ def _run(strategy_name, devices, tiny_config, student_cfg, steps=3):
     state, teacher_vars, step, _ = _setup(tiny_config, student_cfg, strategy.axis_name)
     p_step = strategy.compile_step(step)
     state = strategy.put_replicated(state)
-    teacher_vars = strategy.put_replicated(teacher_vars)
+    frozen = frozen_inputs(strategy.put_replicated(teacher_vars))
     losses = []
     for i in range(steps):
-        state, metrics = p_step(state, teacher_vars, strategy.put_batch(_batch(seed=i)))
+        state, metrics = p_step(state, frozen, strategy.put_batch(_batch(seed=i)))
         losses.append(float(np.mean(metrics["loss"])))
     return np.array(losses), jax.device_get(strategy.get(state))
 
@@ -140,7 +140,7 @@ def test_teacher_and_student_see_the_same_augmented_view(tiny_config):
         student, tx, teacher_model=teacher, alpha=0.0, temperature=2.0, translate=2
     )
     batch = _batch()
-    _, metrics = jax.jit(step)(state, teacher_vars, batch)
+    _, metrics = jax.jit(step)(state, frozen_inputs(teacher_vars), batch)
 
     aug_key, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
     images = to_float(jnp.asarray(batch["image"]))

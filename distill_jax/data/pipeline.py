@@ -292,8 +292,10 @@ class _StepBatch:
         seed: int,
         start: int,
         stop: int,
+        indices_only: bool = False,
     ):
         self.images, self.labels = images, labels
+        self.indices_only = indices_only
         self.batch_size, self.seed, self.start, self.stop = batch_size, seed, start, stop
         self.steps_per_epoch = len(labels) // batch_size
         self._epoch, self._perm = -1, None
@@ -309,6 +311,8 @@ class _StepBatch:
         batch = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
         # Each process gathers only its own contiguous slice of the global batch.
         idx = batch[self.start : self.stop]
+        if self.indices_only:  # the split is resident on the device; it gathers itself
+            return {"index": idx.astype(np.int32)}
         return {
             "image": self.images[idx],
             "label": self.labels[idx],
@@ -327,6 +331,7 @@ def train_dataset(
     *,
     process_index: int = 0,
     process_count: int = 1,
+    indices_only: bool = False,
 ) -> grain.MapDataset:
     """Returns the infinite, random-access training stream; `ds[step]` is step's batch.
 
@@ -342,6 +347,8 @@ def train_dataset(
       process_index: this process (`jax.process_index()`).
       process_count: number of processes (`jax.process_count()`); each process gets the
         contiguous slice `[p * B / P : (p + 1) * B / P]` of every global batch.
+      indices_only: yield only `"index"` (the split is resident on the device and the
+        train step gathers the rows itself); the same order as the full batches.
 
     Returns:
       A `grain.MapDataset` of dicts: `"image"` uint8 (B/P, H, W, C), `"label"` int32
@@ -369,6 +376,7 @@ def train_dataset(
         seed,
         process_index * per_process,
         (process_index + 1) * per_process,
+        indices_only,
     )
     return grain.MapDataset.range(_MAX_STEPS).map(batch_of_step)
 

@@ -197,7 +197,7 @@ class Checkpointer:
     def _write_checksums(self) -> None:
         """Checksums committed steps that have none (even while a newer save is in flight)
         and drops the checksums of steps Orbax has deleted."""
-        if self.read_only:
+        if self.read_only or jax.process_index() != 0:  # one writer in multi-process runs
             return
         steps = self._committed_steps()
         checksum_dir = os.path.join(self.directory, CHECKSUM_DIR)

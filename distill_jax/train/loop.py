@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -40,13 +41,17 @@ from distill_jax.errors import CheckpointError, ConfigError, DivergenceError, Pr
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.models import create_model
 from distill_jax.parallel import make_strategy
+from distill_jax.report import summarize
 from distill_jax.train.checkpointing import Checkpointer, has_checkpoint
 from distill_jax.train.optim import make_optimizer
 from distill_jax.train.state import Teacher, TrainState, create_train_state
-from distill_jax.train.steps import make_train_step
+from distill_jax.train.steps import frozen_inputs, make_train_step
+from distill_jax.train.teacher_cache import TeacherCache, check_cache, load_cache
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+# data.pipeline = "auto" keeps a training split up to this size resident on the device.
+RESIDENT_MAX_BYTES = 1 << 30
 
 
 @dataclasses.dataclass
@@ -71,9 +76,17 @@ def _load_data_cached(name, data_dir, download, train, validation, test) -> Data
 def load_data(config: ml_collections.ConfigDict) -> Data:
     """Loads (and caches in this process) the train/validation/test splits of a config."""
     d = config.data
-    return _load_data_cached(
-        d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split
-    )
+    args = (d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split)
+    if jax.process_count() == 1:
+        return _load_data_cached(*args)
+    # Several processes: process 0 prepares the dataset (if needed) before the others
+    # read it, so they never race to write the same files.
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        _load_data_cached(*args)
+    multihost_utils.sync_global_devices("distill_jax.load_data")
+    return _load_data_cached(*args)
 
 
 @dataclasses.dataclass
@@ -88,6 +101,8 @@ class FitResult:
         history: the validation records of metrics.jsonl.
         steps: total optimizer steps.
         start_step: the step training started from (> 0 when resumed from a checkpoint).
+        students: vmapped runs: per student its seed, alpha, temperature, learning rate
+            and test metrics; None for a single run.
     """
 
     workdir: str
@@ -97,6 +112,7 @@ class FitResult:
     history: list[dict[str, Any]]
     steps: int
     start_step: int = 0
+    students: list[dict[str, Any]] | None = None
 
 
 class MetricsWriter:
@@ -183,6 +199,23 @@ def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher")
     return Teacher(model=model, variables=jax.device_get(variables), identity=identity)
 
 
+def _teacher_in_dtype(teacher: Teacher, dtype: str) -> Teacher:
+    """The teacher computing in the run's dtype (mixed precision distils in bfloat16).
+
+    In bfloat16 its parameters are stored in bfloat16 too, halving the teacher's memory
+    beside the student: a frozen teacher never accumulates updates, and its layers cast
+    their parameters to the compute dtype anyway, so its outputs are unchanged. BatchNorm
+    statistics stay in float32.
+    """
+    if teacher.model.dtype == dtype:
+        return teacher
+    model = create_model(teacher.identity["model"], teacher.identity["num_classes"], dtype=dtype)
+    variables = dict(teacher.variables)
+    if dtype == "bfloat16":
+        variables["params"] = jax.tree.map(lambda x: x.astype(jnp.bfloat16), variables["params"])
+    return dataclasses.replace(teacher, model=model, variables=variables)
+
+
 def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--teacher") -> None:
     """Refuses a teacher whose classes or input shape do not fit the student's dataset."""
     if teacher.identity["num_classes"] != info.num_classes:
@@ -208,6 +241,8 @@ def run_spec(
     seed: int,
     translate: int,
     teacher: Teacher | None,
+    cache: TeacherCache | None = None,
+    members: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What defines a run: written to its config.json and compared on restart."""
     cfg = config_lib.to_dict(config)
@@ -221,14 +256,19 @@ def run_spec(
         "train": train,
         "parallel": cfg["parallel"],
         "teacher": None if teacher is None else teacher.identity,
-        "distill": None if teacher is None else cfg["distill"],
+        "distill": None if teacher is None and cache is None else cfg["distill"],
     }
+    if cache is not None:
+        spec["teacher_cache"] = {"directory": cache.directory, **cache.step_spec}
+        spec["teacher_cache"]["teacher"] = cache.meta["teacher"]
+    if members is not None:
+        spec["students"] = members
     return spec
 
 
 def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("role", "seed", "dtype", "model", "train", "distill")
-    data_keys = ("name", "train_split")
+    keys = ("role", "seed", "dtype", "model", "train", "distill", "teacher_cache", "students")
+    data_keys = ("name", "train_split", "shuffle_seed")
     ta = (a.get("teacher") or {}).get("workdir")
     tb = (b.get("teacher") or {}).get("workdir")
     return (
@@ -381,6 +421,48 @@ def _truncate_metrics(path: str, step: int) -> None:
     os.replace(tmp, path)
 
 
+def student_grid(
+    config: ml_collections.ConfigDict, role: str, seed: int, distilling: bool
+) -> list[dict[str, Any]] | None:
+    """The students of a vmapped run (`config.vmap`), or None for a single run.
+
+    `vmap.students` seeds (seed, seed + 1, ...) for every combination of the listed
+    alphas, temperatures and learning rates (an empty list: the config's single value).
+    """
+    v = config.vmap
+    if (v.alpha or v.temperature) and not distilling:
+        raise ConfigError("vmap.alpha / vmap.temperature grids need a teacher (distill)")
+    combos = itertools.product(
+        list(v.alpha) or [config.distill.alpha],
+        list(v.temperature) or [config.distill.temperature],
+        list(v.learning_rate) or [config[role].train.learning_rate],
+    )
+    members = [
+        {"seed": seed + i, "alpha": float(a), "temperature": float(t), "learning_rate": float(lr)}
+        for a, t, lr in combos
+        for i in range(v.students)
+    ]
+    return members if len(members) > 1 else None
+
+
+def member(tree: Any, i: int) -> Any:
+    """Student `i` of a stacked (vmapped) pytree."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _mean_metrics(per_student: list[dict[str, Any]]) -> dict[str, Any]:
+    """One student's metrics, or the mean and `*_std` over several (report.summarize)."""
+    if len(per_student) == 1:
+        return dict(per_student[0])
+    out = summarize(per_student)
+    del out["seeds"]  # the per-student records are FitResult.students
+    return out
+
+
 def fit(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -396,7 +478,9 @@ def fit(
     """Trains `config[role]` (alone, or distilled from `teacher`) and evaluates it.
 
     Args:
-        config: the validated config.
+        config: the validated config. `distill.cache` distils from a teacher cache
+            instead of running `teacher` (which is then only checked against the cache
+            and used for agreement); `vmap` trains several students in one step.
         workdir: the run's directory; a checkpoint there is resumed.
         role: `teacher` or `student`: which model and train section to use.
         seed: init/dropout/shuffle seed (default `config.seed`).
@@ -407,7 +491,8 @@ def fit(
         desc: progress bar label.
 
     Returns:
-        The trained model, its variables and its test metrics.
+        The trained model, its variables and its test metrics (for vmapped students:
+        stacked variables, mean metrics with `*_std`, and `FitResult.students`).
     """
     if role not in config_lib.ROLES:
         raise ConfigError(f"role must be one of {config_lib.ROLES}, got {role!r}")
@@ -421,6 +506,20 @@ def fit(
     info = data.info
     for t in {id(t): t for t in (teacher, compare_to) if t is not None}.values():
         check_teacher(t, info)
+    cache = None
+    if config.distill.cache:
+        if role != "student":
+            raise ConfigError("distill.cache (a teacher cache) is for distilling the student")
+        cache = load_cache(config.distill.cache)
+        check_cache(
+            cache,
+            data.train,
+            config.data.train_split,
+            translate=translate,
+            flip=train_cfg.flip,
+            teacher=teacher,
+        )
+    distilling = teacher is not None or cache is not None
     strategy = make_strategy(config.parallel.strategy)
     strategy.check_batch(train_cfg.batch_size, f"{role}.train.batch_size")
     batch_size = train_cfg.batch_size
@@ -436,16 +535,43 @@ def fit(
     )
     eval_model = create_model(config[role].model, info.num_classes, dtype=config.dtype)
     tx, schedule = make_optimizer(train_cfg, steps_per_epoch)
-    spec = run_spec(config, role, seed, translate, teacher)
+    members = student_grid(config, role, seed, distilling)
+    data_seed = seed if config.data.shuffle_seed < 0 else config.data.shuffle_seed
+    spec = run_spec(config, role, seed, translate, teacher, cache, members)
     objective, init_extra = None, None
-    if teacher is not None:
+    if cache is not None:
+        from distill_jax.losses.objective import Objective
+
+        objective = Objective(config.distill.to_dict())
+        objective.check_cached_teacher(cache.step_spec["top_k"])
+    elif teacher is not None:
+        teacher = _teacher_in_dtype(teacher, config.dtype)
         objective, init_extra = _build_objective(
             config, model, teacher, info.image_shape, len(data.train), strategy
         )
+    if members is not None and objective is not None and not objective.is_default:
+        if config.vmap.alpha or config.vmap.temperature:
+            raise ConfigError(
+                "vmap.alpha / vmap.temperature grids apply to the default KD objective; "
+                "distill.losses is set"
+            )
 
     # -- 2. workdir and restore ---------------------------------------------------------
     _prepare_workdir(workdir, spec, overwrite)
-    state = create_train_state(model, tx, info.image_shape, seed, init_extra)
+    if members is None:
+        state = create_train_state(model, tx, info.image_shape, seed, init_extra)
+    else:
+        states = []
+        for m in members:
+            one = create_train_state(model, tx, info.image_shape, m["seed"], init_extra)
+            hparams = {
+                "alpha": m["alpha"],
+                "temperature": m["temperature"],
+                "lr_scale": m["learning_rate"] / train_cfg.learning_rate,
+            }
+            hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+            states.append(one.replace(extra={**one.extra, "hparams": hparams}))
+        state = _stack(states)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     if ckpt.all_steps():
         state, restored_meta, problems = ckpt.restore_verified(target=state)
@@ -456,7 +582,7 @@ def fit(
                 f"from step {restored_meta['step']}",
                 file=sys.stderr,
             )
-    start_step = int(state.step)
+    start_step = int(np.max(state.step))
     if 0 < start_step < total_steps and jax.process_index() == 0:
         print(f"distill-jax: resuming {workdir} from step {start_step}", file=sys.stderr)
     _truncate_metrics(os.path.join(workdir, METRICS_FILE), start_step)
@@ -473,7 +599,7 @@ def fit(
     step_fn = make_train_step(
         model,
         tx,
-        teacher_model=None if teacher is None else teacher.model,
+        teacher_model=None if teacher is None or cache is not None else teacher.model,
         objective=objective,
         alpha=distill.alpha,
         temperature=distill.temperature,
@@ -482,18 +608,41 @@ def fit(
         flip=train_cfg.flip,
         schedule=schedule,
         axis_name=strategy.axis_name,
+        data_seed=data_seed,
+        students=0 if members is None else len(members),
+        cache=None if cache is None else cache.step_spec,
+        steps_per_epoch=steps_per_epoch,
     )
     p_step = strategy.compile_step(step_fn)
-    teacher_vars = None if teacher is None else strategy.put_replicated(teacher.variables)
+    # The training split stays on the device when it fits: only indices cross per step.
+    resident = config.data.pipeline == "device" or (
+        config.data.pipeline == "auto" and data.train.images.nbytes <= RESIDENT_MAX_BYTES
+    )
+    frozen = frozen_inputs(
+        teacher_vars=None
+        if teacher is None or cache is not None
+        else strategy.put_replicated(teacher.variables),
+        data=strategy.put_replicated({"image": data.train.images, "label": data.train.labels})
+        if resident
+        else None,
+        cache=None if cache is None else strategy.put_replicated(cache.arrays()),
+    )
     validate = Evaluator(eval_model, batch_size=config.data.eval_batch_size)
     writer = MetricsWriter(os.path.join(workdir, METRICS_FILE))
     train_ds = data_lib.train_dataset(
         data.train,
         batch_size,
-        seed=seed,
+        seed=data_seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        indices_only=resident,
     )
+    num_students = 1 if members is None else len(members)
+
+    def evaluate_all(evaluator: Evaluator, variables: Any, split) -> list[dict[str, Any]]:
+        if members is None:
+            return [evaluator(variables, split)]
+        return [evaluator(member(variables, i), split) for i in range(num_students)]
 
     # -- 4. the loop -----------------------------------------------------------------
     state = strategy.put_replicated(state)
@@ -505,7 +654,7 @@ def fit(
         nonlocal skipped
         if not pending:
             return {}
-        fetched = jax.device_get([m for _, m in pending])
+        fetched = [strategy.fetch(m) for _, m in pending]
         steps = [s for s, _ in pending]
         pending.clear()
         for s, m in zip(steps, fetched, strict=True):
@@ -531,7 +680,7 @@ def fit(
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:
         flush(step)  # never checkpoint past an unchecked (possibly diverged) step
-        ckpt.save(step, jax.device_get(strategy.get(state)), metadata, metrics=metrics)
+        ckpt.save(step, strategy.fetch(state), metadata, metrics=metrics)
         faults.inject("sigkill_in_save", step)
 
     show = config.log.progress and jax.process_index() == 0
@@ -548,7 +697,7 @@ def fit(
     with _PreemptionSignals() as preemption, _closing(ckpt):
         for step in range(start_step, total_steps):
             batch = strategy.put_batch(next(batches))
-            state, metrics = p_step(state, teacher_vars, batch)
+            state, metrics = p_step(state, frozen, batch)
             done = step + 1
             pending.append((done, metrics))
             faults.inject("sigkill_at_step", done)
@@ -562,15 +711,14 @@ def fit(
             val_metrics = None
             if (epoch_end and epoch % config.eval.every_epochs == 0) or done == total_steps:
                 flush(done)
-                val = validate(strategy.get(state).variables, data.validation)
+                vals = evaluate_all(validate, strategy.fetch(state).variables, data.validation)
+                val = _mean_metrics(vals)
                 val_metrics = {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
+                record = {k: val[k] for k in ("accuracy", "nll", "ece")}
+                if members is not None:
+                    record["accuracy_students"] = [v["accuracy"] for v in vals]
                 writer.write(
-                    {
-                        "step": done,
-                        "epoch": done / steps_per_epoch,
-                        "split": "validation",
-                        **{k: val[k] for k in ("accuracy", "nll", "ece")},
-                    }
+                    {"step": done, "epoch": done / steps_per_epoch, "split": "validation", **record}
                 )
                 bar.set_postfix(val_acc=f"{val['accuracy']:.4f}")
             if val_metrics is not None or done % config.checkpoint.every_steps == 0:
@@ -590,16 +738,21 @@ def fit(
             save(total_steps)
 
     # -- 5. test ------------------------------------------------------------------------
-    final = jax.device_get(strategy.get(state))
+    final = strategy.fetch(state)
     variables = final.variables
     tester = Evaluator(eval_model, teacher=compare_to, batch_size=config.data.eval_batch_size)
-    test = tester(variables, data.test)
-    test.update(
-        model_summary(eval_model, variables, info.image_shape, config.eval.latency_batch_size)
-    )
-    test["skipped_steps"] = skipped
+    tests = evaluate_all(tester, variables, data.test)
+    one = variables if members is None else member(variables, 0)
+    summary = model_summary(eval_model, one, info.image_shape, config.eval.latency_batch_size)
+    tests = [{**t, **summary, "skipped_steps": skipped} for t in tests]
+    test = _mean_metrics(tests)
+    students = None
+    if members is not None:
+        students = [{**m, **t} for m, t in zip(members, tests, strict=True)]
     history = [r for r in read_metrics(workdir) if r.get("split") == "validation"]
-    return FitResult(workdir, eval_model, variables, test, history, total_steps, start_step)
+    return FitResult(
+        workdir, eval_model, variables, test, history, total_steps, start_step, students
+    )
 
 
 __all__ = [

@@ -83,7 +83,7 @@ def create_train_state(
     """
 
     def init(seed_key):
-        init_key, train_key, extra_key = jax.random.split(seed_key, 3)
+        init_key, rng, extra_key = jax.random.split(seed_key, 3)
         dummy = jnp.zeros((1, *image_shape), jnp.float32)
         variables = model.init(init_key, dummy, train=False)
         params = variables["params"]
@@ -93,11 +93,21 @@ def create_train_state(
             params=params,
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init({"student": params, "methods": extra.get("params", {})}),
-            rng=train_key,
+            rng=rng,
             extra=extra,
         )
 
     return jax.jit(init)(jax.random.PRNGKey(seed))
+
+
+def train_key(seed: int) -> jax.Array:
+    """The base key of a run's per-step randomness: `create_train_state(seed).rng`.
+
+    The augmentation of step `s` draws from `split(fold_in(train_key(seed), s))[0]`, so a
+    run whose data seed differs from its model seed (vmapped students sharing one data
+    stream) still sees the views of the run with `seed == data_seed`.
+    """
+    return jax.random.split(jax.random.PRNGKey(seed), 3)[1]
 
 
 def count_params(params: Any) -> int:

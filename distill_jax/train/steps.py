@@ -1,11 +1,22 @@
 """Pure train and eval steps.
 
-`make_train_step` returns `train_step(state, teacher_vars, batch) -> (state, metrics)`.
-The same function is jit-compiled (batch sharded over a mesh; XLA inserts the collectives)
-or run under `jax.pmap` with `axis_name` set, where gradients, metrics and BatchNorm
-statistics are averaged explicitly with `lax.pmean`. The teacher forward runs outside
-`value_and_grad` and under `stop_gradient`: no gradient can reach it and XLA never builds
-its backward pass.
+`make_train_step` returns `train_step(state, frozen, batch) -> (state, metrics)`, where
+`frozen` holds what the step reads but never changes (`frozen_inputs` builds it): the
+teacher's variables, and optionally the device-resident training split and a teacher
+cache. The same function is jit-compiled (batch sharded over a mesh; XLA inserts the
+collectives) or run under `jax.pmap` with `axis_name` set, where gradients, metrics and
+BatchNorm statistics are averaged explicitly with `lax.pmean`.
+
+A step has three parts, so that N students can share the expensive ones:
+
+1. *inputs*: the batch's pixels (gathered on the device from the resident split when
+   the batch is only indices) and their augmented view;
+2. *teacher*: its forward pass, outside `value_and_grad` and under `stop_gradient` (no
+   gradient can reach it and XLA never builds its backward pass), or rows of a cache;
+3. *update*: the student's loss, gradients and optimizer update.
+
+With `students=N`, the state is N stacked states and (3) is `jax.vmap`-ed over them, while
+(1) and (2) run once: one batch, one augmentation, one teacher forward for all N.
 """
 
 from collections.abc import Callable, Mapping
@@ -19,10 +30,34 @@ import optax
 from distill_jax.data.augment import augment, to_float
 from distill_jax.losses import cross_entropy
 from distill_jax.losses.objective import Objective
-from distill_jax.train.state import TrainState
+from distill_jax.train.state import TrainState, train_key
 
 Batch = Mapping[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]
+
+
+def frozen_inputs(
+    teacher_vars: Any = None, data: Mapping[str, Any] | None = None, cache: Any = None
+) -> dict[str, Any]:
+    """The step's read-only second argument.
+
+    Args:
+        teacher_vars: the teacher's variables (online distillation), else None.
+        data: `{"image": (N, H, W, C) uint8, "label": (N,)}`: the whole training split,
+            resident on the device; batches are then only `{"index": (B,)}`.
+        cache: `{"values": (N, V, K), "indices": (N, V, K) or absent}` of a teacher cache.
+    """
+    frozen = {"teacher": teacher_vars}
+    if data is not None:
+        frozen["data"] = dict(data)
+    if cache is not None:
+        frozen["cache"] = dict(cache)
+    return frozen
+
+
+def cache_view_key(seed: int, view: int | jax.Array) -> jax.Array:
+    """The augmentation key of view `view` of a teacher cache made with `seed`."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), view)
 
 
 def make_train_step(
@@ -38,6 +73,10 @@ def make_train_step(
     flip: bool = False,
     schedule: optax.Schedule | None = None,
     axis_name: str | None = None,
+    data_seed: int | None = None,
+    students: int = 0,
+    cache: Mapping[str, int] | None = None,
+    steps_per_epoch: int = 1,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
     """Builds the train step for a model trained alone or distilled from a teacher.
 
@@ -46,7 +85,8 @@ def make_train_step(
     Args:
         model: the student (or the model trained alone).
         tx: its optimizer; it updates `{"student": params, "methods": method params}`.
-        teacher_model: the teacher module, or None to train on hard labels only.
+        teacher_model: the teacher module, or None to train on hard labels only (or
+            from a cache).
         objective: the distillation terms (`losses.objective.Objective`); default
             `(1 - alpha) * KD(temperature)`.
         alpha: weight of the hard-label cross-entropy.
@@ -57,28 +97,63 @@ def make_train_step(
         flip: random horizontal flips (after the translation), also shared.
         schedule: the learning-rate schedule, only to log the current rate.
         axis_name: the pmap axis name, or None under jit.
+        data_seed: the seed whose key draws the augmentation (shared by all students);
+            None draws it from each state's own key (then `data_seed == seed`).
+        students: 0 for one state; N > 0 for N stacked states trained in one vmapped
+            step. Their `extra["hparams"]` (`alpha`, `temperature`, `lr_scale`) override
+            `alpha`, `temperature` and scale the updates, per student.
+        cache: `{"seed", "views", "top_k"}` of a teacher cache in `frozen["cache"]`; the
+            view of epoch `e` is `e % views`, augmented with `cache_view_key(seed, view)`,
+            exactly the view the cached teacher saw.
+        steps_per_epoch: steps per epoch (selects the cache view).
 
     Returns:
-        `train_step(state, teacher_vars, batch)`; `teacher_vars` is ignored (pass None)
-        without a teacher. `batch` holds `image` (uint8 BHWC), `label` (B,), `index` (B,).
+        `train_step(state, frozen, batch)`: `frozen` from `frozen_inputs`. `batch` holds
+        `image` (uint8 BHWC), `label` (B,), `index` (B,), or only `index` when the split
+        is in `frozen["data"]`.
     """
-    if teacher_model is not None and objective is None:
+    distilling = teacher_model is not None or cache is not None
+    if distilling and objective is None:
         objective = Objective({"alpha": alpha, "temperature": temperature, "losses": {}})
+    fixed_data_key = None if data_seed is None else train_key(data_seed)
 
-    def train_step(state: TrainState, teacher_vars: Any, batch: Batch):
+    def inputs(step, rng, frozen, batch):
+        """The batch's augmented images, labels and example indices."""
+        index = batch["index"]
+        if "data" in frozen:  # resident split: gather the rows on the device
+            image, labels = frozen["data"]["image"][index], frozen["data"]["label"][index]
+        else:
+            image, labels = batch["image"], batch["label"]
+        if cache is not None:
+            view = (step // steps_per_epoch) % cache["views"]
+            aug_key = cache_view_key(cache["seed"], view)
+        else:
+            data_key = rng if fixed_data_key is None else fixed_data_key
+            aug_key, _ = jax.random.split(jax.random.fold_in(data_key, step))
+        images = augment(aug_key, to_float(image), index, translate, flip)
+        return images, labels, index
+
+    def teacher_outputs(step, frozen, images, index):
+        if cache is not None:
+            view = (step // steps_per_epoch) % cache["views"]
+            values = frozen["cache"]["values"][index, view]
+            if cache["top_k"]:
+                return {"topk": (values, frozen["cache"]["indices"][index, view])}
+            return {"logits": values}
+        if teacher_model is None:
+            return None
+        t_logits, t_features = teacher_model.apply(frozen["teacher"], images, train=False)
+        return jax.lax.stop_gradient({"logits": t_logits, "features": t_features})
+
+    def update(state: TrainState, images, labels, index, teacher_out):
         step_key = jax.random.fold_in(state.rng, state.step)
-        aug_key, dropout_key = jax.random.split(step_key)
+        _, dropout_key = jax.random.split(step_key)
         method_key = jax.random.fold_in(step_key, 2)  # CRD's negatives
         if axis_name is not None:  # distinct dropout masks on each device
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-        images = augment(aug_key, to_float(batch["image"]), batch["index"], translate, flip)
-        labels = batch["label"]
-        method_batch = {"label": labels, "index": batch["index"], "mask": None}
-
-        teacher_out = None
-        if teacher_model is not None:
-            t_logits, t_features = teacher_model.apply(teacher_vars, images, train=False)
-            teacher_out = jax.lax.stop_gradient({"logits": t_logits, "features": t_features})
+        hparams = state.extra.get("hparams")
+        a = alpha if hparams is None else hparams["alpha"]
+        method_batch = {"label": labels, "index": index, "mask": None}
         memory = state.extra.get("memory", {})
 
         def loss_fn(trainable):
@@ -104,8 +179,9 @@ def make_train_step(
                     teacher_out,
                     method_batch,
                     method_key,
+                    hparams=hparams,
                 )
-                loss = alpha * ce + distill
+                loss = a * ce + distill
                 terms.update(distill_terms)
             aux = (logits, terms, updates.get("batch_stats", state.batch_stats), new_memory)
             return loss, aux
@@ -119,17 +195,25 @@ def make_train_step(
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         }
         if teacher_out is not None:
-            metrics["agreement"] = jnp.mean(
-                jnp.argmax(logits, -1) == jnp.argmax(teacher_out["logits"], -1)
-            )
+            if "logits" in teacher_out:
+                teacher_top1 = jnp.argmax(teacher_out["logits"], -1)
+            else:
+                values, indices = teacher_out["topk"]
+                teacher_top1 = jnp.take_along_axis(
+                    indices, jnp.argmax(values, -1)[:, None], axis=-1
+                )[:, 0]
+            metrics["agreement"] = jnp.mean(jnp.argmax(logits, -1) == teacher_top1)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
             batch_stats = jax.lax.pmean(batch_stats, axis_name)
         metrics["grad_norm"] = optax.global_norm(grads)
-        if schedule is not None:
-            metrics["learning_rate"] = schedule(state.step)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        lr_scale = 1.0 if hparams is None else hparams["lr_scale"]
+        if hparams is not None:  # every optimizer's update is proportional to its rate
+            updates = jax.tree.map(lambda u: u * lr_scale, updates)
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step) * lr_scale
         trainable = optax.apply_updates(trainable, updates)
         extra = dict(state.extra)
         if "params" in extra:
@@ -151,6 +235,21 @@ def make_train_step(
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return new_state, metrics
 
+    def train_step(state: TrainState, frozen: Any, batch: Batch):
+        if students:  # one batch, view and teacher forward; N student updates
+            step, rng = state.step[0], None
+        else:
+            step, rng = state.step, state.rng
+        images, labels, index = inputs(step, rng, frozen, batch)
+        teacher_out = teacher_outputs(step, frozen, images, index)
+        if students:
+            return jax.vmap(update, in_axes=(0, None, None, None, None))(
+                state, images, labels, index, teacher_out
+            )
+        return update(state, images, labels, index, teacher_out)
+
+    if students and data_seed is None:
+        raise ValueError("vmapped students share one augmentation: pass data_seed")
     return train_step
 
 

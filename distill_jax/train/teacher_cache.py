@@ -1,0 +1,294 @@
+"""Offline distillation: the teacher's outputs computed once and stored as a side dataset.
+
+`distill-jax cache-teacher` runs the teacher over a split and writes, for every example
+`i` and augmented view `v`, one array_record record (record `i * views + v`) holding the
+teacher's logits: all of them, or the top-k values (float16) and their class indices.
+View `v` is the augmentation drawn with `cache_view_key(seed, v)` (per example
+`fold_in(key, i)`, as in training), so a student trained from the cache sees, at epoch
+`e`, exactly the view `e % views` that the teacher saw (FKD / ReLabel style). A
+`cache.json` beside the records identifies the teacher (its workdir, step, model and a
+SHA-256 of its variables), the dataset (name, split, size, classes, shape and a SHA-256 of
+its contents) and the augmentation, and `check_cache` refuses a cache that does not fit.
+
+The records are written to a temporary name and renamed, with `cache.json` last: a
+directory without `cache.json` is an unfinished cache and is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tqdm.auto import tqdm
+
+from distill_jax import data as data_lib
+from distill_jax.data.augment import augment, to_float
+from distill_jax.errors import CheckpointError, ConfigError
+from distill_jax.train.state import Teacher
+from distill_jax.train.steps import cache_view_key
+
+META_FILE = "cache.json"
+RECORDS_FILE = "teacher_outputs.array_record"
+FORMAT = 1
+
+
+def fingerprint(tree: Any) -> str:
+    """SHA-256 over the leaves of a pytree of arrays (shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f"{leaf.shape}{leaf.dtype}".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()
+
+
+def teacher_identity(teacher: Teacher) -> dict[str, Any]:
+    """What identifies a teacher in a cache: where it came from and its exact weights."""
+    return {
+        "workdir": teacher.identity.get("workdir"),
+        "step": teacher.identity.get("step"),
+        "model": teacher.identity.get("model"),
+        "sha256": fingerprint(teacher.variables),
+    }
+
+
+def dataset_identity(split: data_lib.ArraySplit, split_name: str) -> dict[str, Any]:
+    """What identifies the cached split: name, size, classes, shape and its contents."""
+    return {
+        "name": split.info.name,
+        "split": split_name,
+        "num_examples": len(split),
+        "num_classes": split.info.num_classes,
+        "image_shape": list(split.info.image_shape),
+        "sha256": fingerprint({"image": split.images, "label": split.labels}),
+    }
+
+
+@dataclasses.dataclass
+class TeacherCache:
+    """A loaded teacher cache.
+
+    Attributes:
+        directory: where it was read from.
+        meta: the contents of `cache.json`.
+        values: `(N, views, K)` logits (K = classes) or top-k values (float16).
+        indices: `(N, views, K)` int32 class indices of the top-k values; None when the
+            cache holds full logits.
+    """
+
+    directory: str
+    meta: dict[str, Any]
+    values: np.ndarray
+    indices: np.ndarray | None
+
+    @property
+    def step_spec(self) -> dict[str, int]:
+        """The `cache` argument of `make_train_step`."""
+        return {
+            "seed": int(self.meta["seed"]),
+            "views": int(self.meta["views"]),
+            "top_k": int(self.meta["top_k"]),
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays the train step reads (`frozen_inputs(cache=...)`)."""
+        out = {"values": self.values}
+        if self.indices is not None:
+            out["indices"] = self.indices
+        return out
+
+
+def write_cache(
+    teacher: Teacher,
+    split: data_lib.ArraySplit,
+    out_dir: str,
+    *,
+    split_name: str = "train",
+    top_k: int = 0,
+    views: int = 1,
+    translate: int = 0,
+    flip: bool = False,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Runs the teacher over every view of every example of `split` and stores its logits.
+
+    Args:
+        teacher: the frozen teacher.
+        split: the split to cache (normally the training split).
+        out_dir: the cache directory (created; an existing finished cache is refused).
+        split_name: the split's name, recorded and checked.
+        top_k: keep the k largest logits (float16 values + int32 indices); 0 keeps all
+            logits in float32.
+        views: augmented views per example (1 with no augmentation).
+        translate, flip: the augmentation, as in training.
+        seed: the seed of the views' augmentation keys.
+        batch_size: examples per teacher forward.
+        progress: show a progress bar.
+
+    Returns:
+        The cache's metadata (`cache.json`).
+    """
+    num_classes = split.info.num_classes
+    if not 0 <= top_k <= num_classes:
+        raise ConfigError(f"--top_k must be in [0, {num_classes}] (0: all logits), got {top_k}")
+    if views < 1:
+        raise ConfigError(f"--views must be >= 1, got {views}")
+    if views > 1 and not translate and not flip:
+        raise ConfigError(
+            f"--views {views} needs augmentation (student.train.translate or flip): without "
+            f"it every view is the same image"
+        )
+    if os.path.exists(os.path.join(out_dir, META_FILE)):
+        raise ConfigError(f"{out_dir} already holds a teacher cache; choose another --out")
+    os.makedirs(out_dir, exist_ok=True)
+
+    model = teacher.model
+
+    @jax.jit
+    def outputs(variables, images_u8, index, view):
+        images = augment(cache_view_key(seed, view), to_float(images_u8), index, translate, flip)
+        logits = model.apply(variables, images, train=False)[0].astype(jnp.float32)
+        if top_k:
+            values, indices = jax.lax.top_k(logits, top_k)
+            return values.astype(jnp.float16), indices.astype(jnp.int32)
+        return logits, jnp.zeros((logits.shape[0], 0), jnp.int32)
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = os.path.join(out_dir, RECORDS_FILE + ".tmp")
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    variables = jax.device_put(teacher.variables)
+    n = len(split)
+    bar = tqdm(total=n * views, desc="cache-teacher", disable=not progress or None, leave=False)
+    for batch in data_lib.eval_batches(split, batch_size):
+        rows = int(batch["mask"].sum())
+        per_view = [
+            jax.device_get(outputs(variables, batch["image"], batch["index"], v))
+            for v in range(views)
+        ]
+        for r in range(rows):
+            for v in range(views):
+                values, indices = per_view[v]
+                record = {"index": int(batch["index"][r]), "view": v, "values": values[r]}
+                if top_k:
+                    record["indices"] = indices[r]
+                writer.write(serialization.msgpack_serialize(record))
+        bar.update(rows * views)
+    writer.close()
+    bar.close()
+    os.replace(tmp, os.path.join(out_dir, RECORDS_FILE))
+    meta = {
+        "format": FORMAT,
+        "teacher": teacher_identity(teacher),
+        "dataset": dataset_identity(split, split_name),
+        "top_k": top_k,
+        "views": views,
+        "seed": seed,
+        "translate": translate,
+        "flip": flip,
+        "values_dtype": "float16" if top_k else "float32",
+    }
+    tmp_meta = os.path.join(out_dir, META_FILE + ".tmp")
+    with open(tmp_meta, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp_meta, os.path.join(out_dir, META_FILE))  # last: marks the cache complete
+    return meta
+
+
+def load_cache(directory: str) -> TeacherCache:
+    """Reads a whole cache into memory (it is small: N x views x K numbers).
+
+    Raises:
+        CheckpointError: no finished cache there, or records that do not match cache.json.
+    """
+    meta_path = os.path.join(directory, META_FILE)
+    records_path = os.path.join(directory, RECORDS_FILE)
+    if not os.path.isfile(meta_path) or not os.path.isfile(records_path):
+        raise CheckpointError(
+            f"{directory} holds no finished teacher cache (expected {META_FILE} and "
+            f"{RECORDS_FILE} written by `distill-jax cache-teacher`)"
+        )
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: unknown cache format {meta.get('format')!r}")
+    n, views, top_k = meta["dataset"]["num_examples"], meta["views"], meta["top_k"]
+    k = top_k or meta["dataset"]["num_classes"]
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(records_path)
+    try:
+        if reader.num_records() != n * views:
+            raise CheckpointError(
+                f"teacher cache {directory} is corrupt: {reader.num_records()} records, "
+                f"cache.json promises {n} examples x {views} views"
+            )
+        records = reader.read_all()
+    finally:
+        reader.close()
+    values = np.zeros((n, views, k), np.dtype(meta["values_dtype"]))
+    indices = np.zeros((n, views, k), np.int32) if top_k else None
+    for position, raw in enumerate(records):
+        try:
+            record = serialization.msgpack_restore(raw)
+            i, v = int(record["index"]), int(record["view"])
+            values[i, v] = record["values"]
+            if indices is not None:
+                indices[i, v] = record["indices"]
+        except Exception as e:  # noqa: BLE001 (any decoding failure means corruption)
+            raise CheckpointError(
+                f"teacher cache {directory} is corrupt at record {position}: {e}"
+            ) from None
+        if position != i * views + v:
+            raise CheckpointError(
+                f"teacher cache {directory} is corrupt: record {position} holds example "
+                f"{i} view {v}"
+            )
+    return TeacherCache(os.path.abspath(directory), meta, values, indices)
+
+
+def check_cache(
+    cache: TeacherCache,
+    split: data_lib.ArraySplit,
+    split_name: str,
+    *,
+    translate: int,
+    flip: bool,
+    teacher: Teacher | None = None,
+) -> None:
+    """Refuses a cache made for another dataset, split, augmentation or teacher."""
+    meta = cache.meta
+    where = f"teacher cache {cache.directory}"
+    want = dataset_identity(split, split_name)
+    got = meta["dataset"]
+    for key in ("name", "split", "num_examples", "num_classes", "image_shape", "sha256"):
+        if got[key] != want[key]:
+            what = "contents" if key == "sha256" else key
+            raise ConfigError(
+                f"{where} was made for dataset '{got['name']}' split '{got['split']}' "
+                f"({got['num_examples']} examples); this run trains on '{want['name']}' split "
+                f"'{want['split']}' ({want['num_examples']} examples): the {what} differ"
+            )
+    for key, value in (("translate", translate), ("flip", flip)):
+        if meta[key] != value:
+            raise ConfigError(
+                f"{where} holds views made with {key}={meta[key]!r}, but the student trains "
+                f"with {key}={value!r}; set student.train.{key}={meta[key]!r} or re-cache"
+            )
+    if teacher is not None:
+        ident = teacher_identity(teacher)
+        if ident["sha256"] != meta["teacher"]["sha256"]:
+            raise ConfigError(
+                f"{where} was made with another teacher ({meta['teacher']['workdir']} at "
+                f"step {meta['teacher']['step']}), not {ident['workdir']} at step "
+                f"{ident['step']}: its weights differ"
+            )
