@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 
 from distill_jax.config import load_config
 from distill_jax.data.augment import augment, to_float
@@ -16,7 +17,6 @@ from distill_jax.models import create_model
 from distill_jax.train import loop
 from distill_jax.train.steps import cache_view_key
 from distill_jax.train.teacher_cache import check_cache, load_cache, write_cache
-from conftest import tiny_overrides
 
 
 def _config(data_dir, **extra):
