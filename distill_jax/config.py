@@ -29,7 +29,7 @@ STRATEGIES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 TEACHER_CHECKPOINTS = ("latest", "best")
 ON_NONFINITE = ("stop", "skip")
-PIPELINES = ("auto", "device", "host")
+PIPELINES = ("auto", "device", "host", "stream")
 # Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
 _FREE_KEYS = ("teacher.model", "student.model", "distill.losses", "sweep.methods")
 
@@ -73,7 +73,9 @@ def default_config() -> dict[str, Any]:
             "num_workers": 0,  # Grain worker processes (0: read in the main process)
             # device: the training split lives on the device and the jitted step gathers
             # and augments each batch itself (only indices cross from the host); host:
-            # Grain assembles each batch on the host; auto: device if the split < 1 GiB.
+            # Grain assembles each batch on the host from the split in memory; stream: the
+            # split stays on disk and Grain reads and decodes each batch (num_workers
+            # processes) -- for splits larger than memory; auto: device if < 1 GiB, else host.
             "pipeline": "auto",
             "shuffle_seed": -1,  # data order and augmentation; -1: the run's seed
         },

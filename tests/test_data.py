@@ -259,12 +259,16 @@ def test_train_dataset_rejects_bad_arguments(digits_train, kwargs):
         data.train_dataset(digits_train, **kwargs)
 
 
-def test_iterate_starts_at_step_and_workers_give_identical_batches(digits_train):
+def test_iterate_starts_at_step_and_workers_give_identical_batches(digits_train, data_dir):
     ds = data.train_dataset(digits_train, batch_size=32, seed=0)
     it = data.iterate(ds, start_step=5)
     local = [next(it) for _ in range(4)]
     for i, batch in enumerate(local):
         assert np.array_equal(batch["index"], ds[5 + i]["index"])
+    # Streamed from disk (decoded per batch) in a Grain worker process: the same batches.
+    streamed = data.load_split("digits", "train", data_dir=data_dir, in_memory=False)
+    assert isinstance(streamed, data.SourceSplit) and len(streamed) == len(digits_train)
+    ds = data.train_dataset(streamed, batch_size=32, seed=0)
     it = data.iterate(ds, start_step=5, num_workers=1)
     try:
         remote = [next(it) for _ in range(4)]

@@ -78,9 +78,9 @@ def test_vmapped_student_equals_its_single_run(data_dir, tmp_path, teacher):
 # --------------------------------------------------------------------- device pipeline
 
 
-def test_device_resident_pipeline_matches_host_batches(data_dir, tmp_path, teacher):
+def test_device_resident_and_streamed_pipelines_match_host_batches(data_dir, tmp_path, teacher):
     runs = {}
-    for pipeline in ("host", "device"):
+    for pipeline in ("host", "device", "stream"):
         cfg = _config(data_dir, **{"data.pipeline": pipeline, "student.train.translate": 1})
         runs[pipeline] = loop.fit(cfg, str(tmp_path / pipeline), role="student", teacher=teacher)
     for a, b in zip(

@@ -1,7 +1,8 @@
 """Datasets: TFDS builders for the data we ship, split loading and Grain pipelines.
 
 `load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`) or of
-any TFDS catalogue dataset (`tfds:cifar10`) into memory; `train_dataset` turns it into a
+any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=False`, as a
+`SourceSplit` that reads and decodes each batch when asked); `train_dataset` turns it into a
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
 batches that cover every example once, and `iterate` reads a stream from a given step.
 """
@@ -11,6 +12,7 @@ from distill_jax.data.pipeline import (
     EMBEDDED_DATASETS,
     ArraySplit,
     DatasetInfo,
+    SourceSplit,
     eval_batches,
     get_info,
     iterate,
@@ -26,6 +28,7 @@ __all__ = [
     "DatasetInfo",
     "Digits",
     "Mnist5k",
+    "SourceSplit",
     "eval_batches",
     "get_info",
     "iterate",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -147,6 +148,42 @@ class ArraySplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The images and labels of the examples at `index`."""
+        return self.images[index], self.labels[index]
+
+
+@dataclasses.dataclass
+class SourceSplit:
+    """One split read lazily from its TFDS data source (`data.pipeline = "stream"`).
+
+    For splits that do not fit in memory: every batch is read and decoded when it is
+    needed, in Grain's worker processes when `data.num_workers > 0`. Picklable, so the
+    workers get their own copy.
+
+    Attributes:
+      source: the TFDS random-access data source (array_record).
+      info: the dataset's `DatasetInfo`.
+      image_key, label_key: the feature names.
+    """
+
+    source: Any
+    info: DatasetInfo
+    image_key: str
+    label_key: str
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reads and decodes the examples at `index` (in that order)."""
+        images = np.zeros((len(index), *self.info.image_shape), np.uint8)
+        labels = np.zeros((len(index),), np.int32)
+        for i, example in enumerate(self.source.__getitems__([int(j) for j in index])):
+            images[i] = np.asarray(example[self.image_key]).reshape(self.info.image_shape)
+            labels[i] = example[self.label_key]
+        return images, labels
+
 
 def _feature_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
     keys = builder.info.supervised_keys
@@ -202,8 +239,13 @@ def get_info(name: str, data_dir: str | None = None, download: bool = True) -> D
 
 
 def load_split(
-    name: str, split: str, data_dir: str | None = None, download: bool = True
-) -> ArraySplit:
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    download: bool = True,
+    *,
+    in_memory: bool = True,
+) -> ArraySplit | SourceSplit:
     """Reads one split, whole, through the TFDS data source into memory.
 
     Args:
@@ -213,6 +255,7 @@ def load_split(
         (possibly sliced) split.
       data_dir: TFDS data dir; see `resolve_data_dir`.
       download: as in `get_info`.
+      in_memory: False returns a `SourceSplit` that reads examples only when asked.
 
     Returns:
       The split as uint8 (N, H, W, C) images and int32 (N,) labels.
@@ -245,13 +288,14 @@ def load_split(
         ) from e
 
     image_key, label_key = _feature_keys(builder)
+    lazy = SourceSplit(source, info, image_key, label_key)
+    if not in_memory:
+        return lazy
     images = np.zeros((len(source), *info.image_shape), np.uint8)
     labels = np.zeros((len(source),), np.int32)
     for start in range(0, len(source), _READ_CHUNK):
         stop = min(start + _READ_CHUNK, len(source))
-        for i, example in enumerate(source.__getitems__(range(start, stop)), start):
-            images[i] = np.asarray(example[image_key]).reshape(info.image_shape)
-            labels[i] = example[label_key]
+        images[start:stop], labels[start:stop] = lazy.read(np.arange(start, stop))
     return ArraySplit(images=images, labels=labels, info=info)
 
 
@@ -286,23 +330,22 @@ class _StepBatch:
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        split: ArraySplit | SourceSplit,
         batch_size: int,
         seed: int,
         start: int,
         stop: int,
         indices_only: bool = False,
     ):
-        self.images, self.labels = images, labels
+        self.split, self.num_examples = split, len(split)
         self.indices_only = indices_only
         self.batch_size, self.seed, self.start, self.stop = batch_size, seed, start, stop
-        self.steps_per_epoch = len(labels) // batch_size
+        self.steps_per_epoch = self.num_examples // batch_size
         self._epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:  # the last epoch's permutation is cached
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             self._epoch = epoch
         return self._perm
 
@@ -313,11 +356,8 @@ class _StepBatch:
         idx = batch[self.start : self.stop]
         if self.indices_only:  # the split is resident on the device; it gathers itself
             return {"index": idx.astype(np.int32)}
-        return {
-            "image": self.images[idx],
-            "label": self.labels[idx],
-            "index": idx.astype(np.int32),
-        }
+        images, labels = self.split.read(idx)
+        return {"image": images, "label": labels, "index": idx.astype(np.int32)}
 
 
 # Steps are indexed lazily, so the "infinite" stream is just a very long range.
@@ -325,7 +365,7 @@ _MAX_STEPS = 2**62
 
 
 def train_dataset(
-    split: ArraySplit,
+    split: ArraySplit | SourceSplit,
     batch_size: int,
     seed: int,
     *,
@@ -370,8 +410,7 @@ def train_dataset(
         raise ConfigError(f"seed must be non-negative, got {seed}.")
     per_process = batch_size // process_count
     batch_of_step = _StepBatch(
-        split.images,
-        split.labels,
+        split,
         batch_size,
         seed,
         process_index * per_process,
@@ -381,7 +420,9 @@ def train_dataset(
     return grain.MapDataset.range(_MAX_STEPS).map(batch_of_step)
 
 
-def eval_batches(split: ArraySplit, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    split: ArraySplit | SourceSplit, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Yields every example exactly once, in order, in fixed-size batches.
 
     The last batch is padded with zeros to `batch_size`; `"mask"` is False on padding, so
@@ -401,9 +442,10 @@ def eval_batches(split: ArraySplit, batch_size: int) -> Iterator[dict[str, np.nd
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         pad = batch_size - (stop - start)
+        images, labels = split.read(np.arange(start, stop))
         batch = {
-            "image": split.images[start:stop],
-            "label": split.labels[start:stop],
+            "image": images,
+            "label": labels,
             "index": np.arange(start, stop, dtype=np.int32),
             "mask": np.ones(stop - start, bool),
         }

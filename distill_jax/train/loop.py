@@ -56,9 +56,10 @@ RESIDENT_MAX_BYTES = 1 << 30
 
 @dataclasses.dataclass
 class Data:
-    """The three splits of a run, loaded once into memory."""
+    """The three splits of a run, loaded once into memory (train: read lazily when the
+    config streams it)."""
 
-    train: data_lib.ArraySplit
+    train: data_lib.ArraySplit | data_lib.SourceSplit
     validation: data_lib.ArraySplit
     test: data_lib.ArraySplit
 
@@ -68,15 +69,18 @@ class Data:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_data_cached(name, data_dir, download, train, validation, test) -> Data:
+def _load_data_cached(name, data_dir, download, train, validation, test, stream) -> Data:
     load = functools.partial(data_lib.load_split, name, data_dir=data_dir, download=download)
-    return Data(train=load(train), validation=load(validation), test=load(test))
+    return Data(
+        train=load(train, in_memory=not stream), validation=load(validation), test=load(test)
+    )
 
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
     """Loads (and caches in this process) the train/validation/test splits of a config."""
     d = config.data
-    args = (d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split)
+    stream = d.pipeline == "stream"
+    args = (d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split, stream)
     if jax.process_count() == 1:
         return _load_data_cached(*args)
     # Several processes: process 0 prepares the dataset (if needed) before the others
@@ -618,6 +622,8 @@ def fit(
     resident = config.data.pipeline == "device" or (
         config.data.pipeline == "auto" and data.train.images.nbytes <= RESIDENT_MAX_BYTES
     )
+    if resident and not isinstance(data.train, data_lib.ArraySplit):
+        raise ConfigError("data.pipeline='device' needs the training split in memory")
     frozen = frozen_inputs(
         teacher_vars=None
         if teacher is None or cache is not None
