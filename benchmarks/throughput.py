@@ -15,7 +15,8 @@ the median of `--steps` timed steps, in these settings:
 * `online KD, host input`: batches assembled by Grain on the host and copied to the
   device every step, instead of the device-resident split the other rows use;
 * `vmap N`: N students in one vmapped step sharing each batch and teacher forward,
-  against N sequential single-student steps (N x the `online KD` time);
+  against N sequential single-student steps (N x the `online KD` time); `map N`: the
+  same N students updated one after another inside one step (`vmap.by = "map"`);
 * `jit` vs `pmap` over all devices (8 fake CPU devices here; every device on a GPU box).
 
 Columns: examples/s (student examples: N x batch for vmapped rows), ms/step, memory (XLA's
@@ -146,6 +147,7 @@ def time_case(
     mode: str = "kd",
     dtype: str = "float32",
     students: int = 0,
+    students_by: str = "vmap",
     strategy_name: str = "jit",
     devices: list | None = None,
     host_input: bool = False,
@@ -192,6 +194,7 @@ def time_case(
         axis_name=axis,
         data_seed=0,
         students=students,
+        students_by=students_by,
         cache=None if cache is None else {"seed": 0, "views": 1, "top_k": 0},
         steps_per_epoch=len(split) // batch,
     )
@@ -297,6 +300,11 @@ def cases(vmap_sizes: list[int]) -> list[tuple[str, dict[str, Any]]]:
         ("online KD, host input", {"mode": "kd", "host_input": True}),
     ]
     rows += [(f"vmap {n} students", {"mode": "kd", "students": n}) for n in vmap_sizes]
+    rows += [
+        (f"map {n} students", {"mode": "kd", "students": n, "students_by": "map"})
+        for n in vmap_sizes
+        if n > 1
+    ]
     if jax.device_count() > 1:
         for name in ("jit", "pmap"):
             rows.append(
@@ -391,8 +399,8 @@ def markdown(results, peaks, device, steps, n, inputs) -> str:
         "Memory is XLA's estimate for the compiled step (arguments + outputs + temporaries "
         "- donated buffers), which includes the device-resident training split; "
         '"measured" is the allocator\'s peak where the device reports one (GPU). '
-        "Vmapped rows count N x batch student examples per step; their speed-up is "
-        "N x the online-KD step time over the vmapped step time.",
+        "Vmapped (and mapped) rows count N x batch student examples per step; their "
+        "speed-up is N x the online-KD step time over their step time.",
         "",
         "Input pipeline alone (mnist_5k: PNG images in array_record, batches of 128):",
         "",

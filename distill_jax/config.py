@@ -112,8 +112,16 @@ def default_config() -> dict[str, Any]:
         },
         # Many students in one compiled step (jax.vmap), sharing each batch and one teacher
         # forward: `students` seeds (seed, seed+1, ...) x each listed alpha x temperature
-        # x learning rate (empty lists: the config's single value).
-        "vmap": {"students": 1, "alpha": [], "temperature": [], "learning_rate": []},
+        # x learning rate (empty lists: the config's single value). `by`: vmap (one batched
+        # computation) | map (one student after another inside the step; faster for conv
+        # students on CPU).
+        "vmap": {
+            "students": 1,
+            "alpha": [],
+            "temperature": [],
+            "learning_rate": [],
+            "by": "vmap",
+        },
         "parallel": {"strategy": "jit"},  # jit (sharded over a data mesh) | pmap
         "checkpoint": {
             "every_steps": 1000,
@@ -352,6 +360,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
 def _validate_vmap(vmap: dict[str, Any]) -> None:
     _positive(vmap["students"], "vmap.students")
+    _choice(vmap["by"], ("vmap", "map"), "vmap.by")
     for key, low, high in (
         ("alpha", 0.0, 1.0),
         ("temperature", 0.0, None),

@@ -62,6 +62,27 @@ def test_train_distill_evaluate(data_dir, tmp_path, capsys):
     assert evaluated["agreement"] == pytest.approx(distilled["agreement"])
 
 
+def test_cache_teacher_then_distill_from_the_cache_and_vmapped_students(data_dir, tmp_path, capsys):
+    teacher, cache = str(tmp_path / "teacher"), str(tmp_path / "cache")
+    assert _cli(data_dir, "train", "--workdir", teacher) == 0
+    aug = {"student.train.translate": 1}
+    args = ["--teacher", teacher, "--top_k", "4", "--views", "2"]
+    assert _cli(data_dir, "cache-teacher", "--workdir", cache, *args, **aug) == 0
+    assert "cached top-4 logits of 1197 examples x 2 view(s)" in capsys.readouterr().out
+    student = str(tmp_path / "student")
+    args = ["--teacher_cache", cache, "--vmap_students", "2"]
+    assert _cli(data_dir, "distill", "--workdir", student, *args, **aug) == 0
+    result = json.loads(open(os.path.join(student, "eval.json")).read())
+    assert [s["seed"] for s in result["students"]] == [0, 1]
+    assert "accuracy_std" in result
+    assert "| 0.1 | 4 | 0.001 | 2 |" in open(os.path.join(student, "report.md")).read()
+    # The cache's views were made with translate=1; a student without it is refused.
+    other = str(tmp_path / "other")
+    assert _cli(data_dir, "distill", "--workdir", other, "--teacher_cache", cache) == 2
+    assert "holds views made with translate=1" in capsys.readouterr().err
+    assert not os.path.exists(other)
+
+
 @pytest.mark.parametrize(
     "args, overrides, message",
     [

@@ -228,3 +228,44 @@ def test_cache_is_refused_for_another_teacher_split_or_augmentation(data_dir, tm
         load_cache(cache_dir)
     with pytest.raises(CheckpointError, match="no finished teacher cache"):
         load_cache(str(tmp_path / "nothing"))
+
+
+def test_students_by_map_equals_vmap():
+    """`vmap.by = "map"` (students one after another) computes what the vmapped step does."""
+    from distill_jax.train.optim import make_optimizer
+    from distill_jax.train.state import create_train_state
+    from distill_jax.train.steps import frozen_inputs, make_train_step
+
+    shape = (8, 8, 1)
+    student = create_model({"name": "cnn", "widths": [4], "dense": 8, "batch_norm": True}, 10)
+    t_model = create_model({"name": "mlp", "hidden": [16]}, 10)
+    t_vars = t_model.init(jax.random.PRNGKey(3), jnp.zeros((1, *shape)))
+    train = load_config(None).student.train.to_dict()
+    tx, _ = make_optimizer(train, steps_per_epoch=5)
+    states = []
+    for seed, temperature in ((0, 2.0), (1, 4.0)):
+        s = create_train_state(student, tx, shape, seed)
+        hp = {"alpha": 0.2, "temperature": temperature, "lr_scale": 1.0 + seed}
+        states.append(s.replace(extra={"hparams": jax.tree.map(jnp.float32, hp)}))
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (16, *shape), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+        "index": np.arange(16, dtype=np.int32),
+    }
+    out = {}
+    for by in ("vmap", "map"):
+        step = make_train_step(
+            student,
+            tx,
+            teacher_model=t_model,
+            translate=1,
+            data_seed=0,
+            students=2,
+            students_by=by,
+        )
+        out[by] = jax.jit(step)(state, frozen_inputs(t_vars), batch)
+    for a, b in zip(_leaves(out["vmap"]), _leaves(out["map"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out["map"][1]["kd"][0], out["map"][1]["kd"][1])

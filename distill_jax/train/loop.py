@@ -614,6 +614,7 @@ def fit(
         axis_name=strategy.axis_name,
         data_seed=data_seed,
         students=0 if members is None else len(members),
+        students_by=config.vmap.by,
         cache=None if cache is None else cache.step_spec,
         steps_per_epoch=steps_per_epoch,
     )

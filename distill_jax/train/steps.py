@@ -75,6 +75,7 @@ def make_train_step(
     axis_name: str | None = None,
     data_seed: int | None = None,
     students: int = 0,
+    students_by: str = "vmap",
     cache: Mapping[str, int] | None = None,
     steps_per_epoch: int = 1,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
@@ -102,6 +103,11 @@ def make_train_step(
         students: 0 for one state; N > 0 for N stacked states trained in one vmapped
             step. Their `extra["hparams"]` (`alpha`, `temperature`, `lr_scale`) override
             `alpha`, `temperature` and scale the updates, per student.
+        students_by: `vmap` batches the N updates into one computation (best where the
+            device has parallelism to spare: small models on a GPU); `map` runs them one
+            after another inside the same step (`lax.map`), still sharing the batch and
+            the teacher forward (best for conv students on CPU, where vmapped
+            convolutions become slow grouped convolutions).
         cache: `{"seed", "views", "top_k"}` of a teacher cache in `frozen["cache"]`; the
             view of epoch `e` is `e % views`, augmented with `cache_view_key(seed, view)`,
             exactly the view the cached teacher saw.
@@ -242,12 +248,16 @@ def make_train_step(
             step, rng = state.step, state.rng
         images, labels, index = inputs(step, rng, frozen, batch)
         teacher_out = teacher_outputs(step, frozen, images, index)
+        if students and students_by == "map":
+            return jax.lax.map(lambda s: update(s, images, labels, index, teacher_out), state)
         if students:
             return jax.vmap(update, in_axes=(0, None, None, None, None))(
                 state, images, labels, index, teacher_out
             )
         return update(state, images, labels, index, teacher_out)
 
+    if students_by not in ("vmap", "map"):
+        raise ValueError(f"students_by must be 'vmap' or 'map', got {students_by!r}")
     if students and data_seed is None:
         raise ValueError("vmapped students share one augmentation: pass data_seed")
     return train_step
