@@ -1,6 +1,7 @@
 """Datasets: TFDS builders for the data we ship, split loading and Grain pipelines.
 
-`load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`) or of
+`load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`, the
+text dataset `stdlib_docstrings`) or of
 any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=False`, as a
 `SourceSplit` that reads and decodes each batch when asked); `train_dataset` turns it into a
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
@@ -21,6 +22,7 @@ from distill_jax.data.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
+from distill_jax.data.text import StdlibDocstrings
 
 __all__ = [
     "EMBEDDED_DATASETS",
@@ -29,6 +31,7 @@ __all__ = [
     "Digits",
     "Mnist5k",
     "SourceSplit",
+    "StdlibDocstrings",
     "eval_batches",
     "get_info",
     "iterate",

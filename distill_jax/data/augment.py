@@ -13,7 +13,13 @@ _FLIP_STREAM = 0x5EED  # derives the flip key from the augmentation key
 
 
 def to_float(images_BHWC: jnp.ndarray) -> jnp.ndarray:
-    """uint8 pixels in [0, 255] -> float32 in [0, 1]."""
+    """uint8 pixels in [0, 255] -> float32 in [0, 1].
+
+    Integer inputs other than uint8 (the int32 token ids of a text dataset) are not pixels:
+    they pass through unchanged.
+    """
+    if images_BHWC.dtype != jnp.uint8 and jnp.issubdtype(images_BHWC.dtype, jnp.integer):
+        return images_BHWC
     return images_BHWC.astype(jnp.float32) / 255.0
 
 

@@ -22,10 +22,16 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.data.text import StdlibDocstrings
 from distill_jax.errors import ConfigError, DatasetError
 
-EMBEDDED_DATASETS: dict[str, type] = {Mnist5k.name: Mnist5k, Digits.name: Digits}
-"""Datasets built from arrays in installed packages: name -> TFDS builder class."""
+EMBEDDED_DATASETS: dict[str, type] = {
+    Mnist5k.name: Mnist5k,
+    Digits.name: Digits,
+    StdlibDocstrings.name: StdlibDocstrings,
+}
+"""Datasets built from data in installed packages: name -> TFDS builder class. A name may
+carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`)."""
 
 TFDS_PREFIX = "tfds:"
 _READ_CHUNK = 4096  # Examples decoded per `__getitems__` call when loading a split.
@@ -78,10 +84,15 @@ def _not_prepared_message(tfds_name: str, data_dir: str, reason: str) -> str:
 def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
     """Returns a prepared TFDS builder for `name`, preparing it if needed and allowed."""
     data_dir = resolve_data_dir(data_dir)
-    if name in EMBEDDED_DATASETS:
+    base, _, builder_config = name.partition("/")
+    if base in EMBEDDED_DATASETS:
         # Embedded data ships with a package: preparing needs no network, so it is done
         # whatever `download` says. Preparing an already prepared builder does nothing.
-        builder = EMBEDDED_DATASETS[name](data_dir=data_dir)
+        kwargs = {"config": builder_config} if builder_config else {}
+        try:
+            builder = EMBEDDED_DATASETS[base](data_dir=data_dir, **kwargs)
+        except ValueError as e:  # unknown builder config
+            raise DatasetError(f"Unknown dataset '{name}': {e}") from None
         builder.download_and_prepare(file_format="array_record")
         return builder
     if not name.startswith(TFDS_PREFIX) or not name[len(TFDS_PREFIX) :]:
@@ -121,14 +132,23 @@ class DatasetInfo:
     Attributes:
       name: the name it was loaded under (`"mnist_5k"`, `"tfds:cifar10"`).
       num_classes: number of label classes.
-      image_shape: (H, W, C) of one image.
+      image_shape: shape of one model input: (H, W, C) of an image, (L,) of a token
+        sequence.
       splits: split name -> number of examples.
+      input_kind: `"image"` (uint8 pixels, scaled to [0, 1] by the train step) or
+        `"tokens"` (int32 token ids, 0 = padding, fed to the model unchanged).
     """
 
     name: str
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     splits: dict[str, int]
+    input_kind: str = "image"
+
+    @property
+    def input_dtype(self) -> type:
+        """NumPy dtype of the stored inputs."""
+        return np.int32 if self.input_kind == "tokens" else np.uint8
 
 
 @dataclasses.dataclass
@@ -136,7 +156,7 @@ class ArraySplit:
     """One split held in memory.
 
     Attributes:
-      images: uint8 (N, H, W, C).
+      images: the model inputs: uint8 (N, H, W, C) images, or int32 (N, L) token ids.
       labels: int32 (N,).
       info: the dataset's `DatasetInfo`.
     """
@@ -177,7 +197,7 @@ class SourceSplit:
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reads and decodes the examples at `index` (in that order)."""
-        images = np.zeros((len(index), *self.info.image_shape), np.uint8)
+        images = np.zeros((len(index), *self.info.image_shape), self.info.input_dtype)
         labels = np.zeros((len(index),), np.int32)
         for i, example in enumerate(self.source.__getitems__([int(j) for j in index])):
             images[i] = np.asarray(example[self.image_key]).reshape(self.info.image_shape)
@@ -201,13 +221,24 @@ def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetI
             f"(it has {sorted(features)}); only image classification datasets are supported."
         )
     shape = tuple(features[image_key].shape)
+    num_classes = getattr(features[label_key], "num_classes", None)
+    dtype = np.dtype(getattr(features[image_key], "np_dtype", np.uint8))
+    if len(shape) == 1 and shape[0] is not None and np.issubdtype(dtype, np.integer):
+        if not num_classes:
+            raise DatasetError(f"Dataset '{name}': feature '{label_key}' is not a ClassLabel.")
+        return DatasetInfo(
+            name=name,
+            num_classes=int(num_classes),
+            image_shape=(int(shape[0]),),
+            splits={split: info.num_examples for split, info in builder.info.splits.items()},
+            input_kind="tokens",
+        )
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3 or any(d is None for d in shape):
         raise DatasetError(
             f"Dataset '{name}' has images of shape {shape}; a fixed (H, W, C) shape is needed."
         )
-    num_classes = getattr(features[label_key], "num_classes", None)
     if not num_classes:
         raise DatasetError(f"Dataset '{name}': feature '{label_key}' is not a ClassLabel.")
     splits = {split: info.num_examples for split, info in builder.info.splits.items()}
@@ -258,7 +289,8 @@ def load_split(
       in_memory: False returns a `SourceSplit` that reads examples only when asked.
 
     Returns:
-      The split as uint8 (N, H, W, C) images and int32 (N,) labels.
+      The split as uint8 (N, H, W, C) images (int32 (N, L) token ids for a text dataset)
+      and int32 (N,) labels.
 
     Raises:
       DatasetError: unknown dataset or split, dataset not prepared, or not readable as a
@@ -291,7 +323,7 @@ def load_split(
     lazy = SourceSplit(source, info, image_key, label_key)
     if not in_memory:
         return lazy
-    images = np.zeros((len(source), *info.image_shape), np.uint8)
+    images = np.zeros((len(source), *info.image_shape), info.input_dtype)
     labels = np.zeros((len(source),), np.int32)
     for start in range(0, len(source), _READ_CHUNK):
         stop = min(start + _READ_CHUNK, len(source))

@@ -524,6 +524,11 @@ def fit(
             teacher=teacher,
         )
     distilling = teacher is not None or cache is not None
+    if info.input_kind == "tokens" and (translate or train_cfg.flip):
+        raise ConfigError(
+            f"{role}.train.translate and {role}.train.flip shift and mirror images; dataset "
+            f"'{info.name}' holds token ids, so set them to 0 and False"
+        )
     strategy = make_strategy(config.parallel.strategy)
     strategy.check_batch(train_cfg.batch_size, f"{role}.train.batch_size")
     batch_size = train_cfg.batch_size

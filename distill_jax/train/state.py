@@ -97,7 +97,16 @@ def create_train_state(
             extra=extra,
         )
 
-    return jax.jit(init)(jax.random.PRNGKey(seed))
+    state = jax.jit(init)(jax.random.PRNGKey(seed))
+    initial_params = getattr(model, "initial_params", None)
+    if initial_params is None:
+        return state
+    # A model that starts from pretrained weights (`Bert.init_from`, a Hugging Face
+    # checkpoint) swaps them in here, outside jit, so that they never become constants
+    # of a compiled computation; the optimizer state is rebuilt for them.
+    params = jax.tree.map(jnp.asarray, initial_params(state.params))
+    opt_state = tx.init({"student": params, "methods": state.extra.get("params", {})})
+    return state.replace(params=params, opt_state=opt_state)
 
 
 def train_key(seed: int) -> jax.Array:
