@@ -15,7 +15,7 @@ import jax
 from distill_jax.errors import ConfigError
 
 # Importing the method modules registers them in `METHODS` (feature/relation methods).
-from distill_jax.losses import crd, feature, relation  # noqa: E402, F401, I001
+from distill_jax.losses import crd, feature, relation, transformer  # noqa: E402, F401, I001
 from distill_jax.losses.base import masked_mean, to_float32
 from distill_jax.losses.crd import CRD  # noqa: E402
 from distill_jax.losses.feature import (  # noqa: E402
