@@ -1,9 +1,9 @@
 """The text distillation experiment (experiments/text_kd) end to end with tiny BERTs.
 
-The default run trains a tiny teacher and distils a tiny student from its logits, hidden
-states and attention through the CLI, with the experiment's own config files; the slow
-test runs the experiment's driver (`run.py`: every setting, the table, embedding
-distillation) on the same tiny models.
+The default test evaluates the experiment's objective (logits + hidden states + attention,
+from its own config file) on real docstring batches with tiny BERTs; the slow tests train a
+tiny teacher and distil a tiny student through the CLI, and run the experiment's driver
+(`run.py`: every setting, the table, embedding distillation) on the same tiny models.
 """
 
 import importlib.util
@@ -56,6 +56,65 @@ def tiny(data_dir, **extra):
     return [f"{k}={v!r}" for k, v in items.items()]
 
 
+def test_text_kd_objective_tiny(data_dir):
+    """The experiment's objective on real docstring batches: every term finite, gradients
+    reach the student and the projections, none the teacher."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from distill_jax.config import load_config
+    from distill_jax.data import load_split
+    from distill_jax.losses import cross_entropy
+    from distill_jax.losses.objective import Objective
+    from distill_jax.models import create_model
+
+    cfg = load_config(os.path.join(EXPERIMENT, "distill_hidden_attention.py"), tiny(data_dir))
+    split = load_split(cfg.data.name, "train[:16]", data_dir)
+    ids, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
+    classes = split.info.num_classes
+    teacher = create_model(cfg.teacher.model.to_dict(), classes)
+    student = create_model(cfg.student.model.to_dict(), classes)
+    (t_logits, t_feats), t_vars = jax.jit(teacher.init_with_output)(jax.random.key(0), ids)
+    (s_logits, s_shapes), s_vars = jax.eval_shape(student.init_with_output, jax.random.key(1), ids)
+    s_vars = jax.jit(student.init)(jax.random.key(1), ids)
+    objective = Objective(cfg.distill.to_dict(), s_shapes, t_feats)
+    assert [t.name for t in objective.terms] == ["attention_kl", "hidden_mse", "kd"]
+    batch = {"label": labels, "index": jnp.arange(len(labels)), "mask": None}
+    teacher_out = {"logits": t_logits, "features": t_feats}
+
+    @jax.jit
+    def init_methods(key, teacher_out):
+        zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)  # noqa: E731
+        s_out = {"logits": zeros(s_logits), "features": zeros(s_shapes)}
+        return objective.init(key, s_out, teacher_out, batch)
+
+    per_method = init_methods(jax.random.key(2), teacher_out)
+    extra = {name: v["params"] for name, v in per_method.items() if "params" in v}
+    assert extra["hidden_mse"]["proj1"]["kernel"].shape == (8, 16)
+
+    @jax.jit
+    def loss_fn(params, extra, teacher_out):
+        logits, feats = student.apply(
+            {"params": params}, ids, train=True, rngs={"dropout": jax.random.key(3)}
+        )
+        distill, terms, _ = objective(
+            extra, {}, {"logits": logits, "features": feats}, teacher_out, batch, jax.random.key(4)
+        )
+        return cfg.distill.alpha * cross_entropy(logits, labels) + distill, terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
+        s_vars["params"], extra, teacher_out
+    )
+    assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in terms.values())
+    assert float(terms["hidden_mse"]) > 0 and float(terms["attention_kl"]) > 0
+    g_student, g_extra, g_teacher = grads
+    assert float(jnp.abs(g_student["layer2"]["query"]["kernel"]).max()) > 0
+    assert float(jnp.abs(g_extra["hidden_mse"]["proj0"]["kernel"]).max()) > 0
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_teacher))
+
+
+@pytest.mark.slow
 def test_text_kd_cli_tiny(data_dir, tmp_path):
     teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
     config = os.path.join(EXPERIMENT, "distill_hidden_attention.py")
