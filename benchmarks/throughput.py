@@ -397,7 +397,8 @@ def markdown(results, peaks, device, steps, n, inputs) -> str:
     lines += [
         "",
         "Memory is XLA's estimate for the compiled step (arguments + outputs + temporaries "
-        "- donated buffers), which includes the device-resident training split; "
+        "- donated buffers; per device for the 8-device rows), which includes the "
+        "device-resident training split; "
         '"measured" is the allocator\'s peak where the device reports one (GPU). '
         "Vmapped (and mapped) rows count N x batch student examples per step; their "
         "speed-up is N x the online-KD step time over their step time.",
