@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from distill_jax.compress.prune import prune_step
 from distill_jax.data.augment import augment, to_float
 from distill_jax.losses import cross_entropy
 from distill_jax.losses.objective import Objective
@@ -78,6 +79,7 @@ def make_train_step(
     students_by: str = "vmap",
     cache: Mapping[str, int] | None = None,
     steps_per_epoch: int = 1,
+    prune: Any = None,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
     """Builds the train step for a model trained alone or distilled from a teacher.
 
@@ -112,6 +114,8 @@ def make_train_step(
             view of epoch `e` is `e % views`, augmented with `cache_view_key(seed, view)`,
             exactly the view the cached teacher saw.
         steps_per_epoch: steps per epoch (selects the cache view).
+        prune: a `compress.PruneSchedule`: after each update the student's parameters
+            are multiplied by `state.extra["masks"]`, recomputed on the schedule.
 
     Returns:
         `train_step(state, frozen, batch)`: `frozen` from `frozen_inputs`. `batch` holds
@@ -222,6 +226,10 @@ def make_train_step(
             metrics["learning_rate"] = schedule(state.step) * lr_scale
         trainable = optax.apply_updates(trainable, updates)
         extra = dict(state.extra)
+        if prune is not None:  # pruned weights stay exactly zero through every update
+            trainable["student"], extra["masks"] = prune_step(
+                trainable["student"], state.extra["masks"], state.step, prune
+            )
         if "params" in extra:
             extra["params"] = trainable["methods"]
         if "memory" in extra:

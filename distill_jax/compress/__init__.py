@@ -1,0 +1,29 @@
+"""Compression beyond distillation: pruning (and, later, quantization) of the student."""
+
+from distill_jax.compress.prune import (
+    PruneSchedule,
+    apply_masks,
+    magnitude_masks,
+    prunable,
+    prune_step,
+    sparsity_of,
+)
+
+
+def init_masks(params):
+    """All-True masks for `params` (nothing pruned yet): `TrainState.extra["masks"]`."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+
+
+__all__ = [
+    "PruneSchedule",
+    "apply_masks",
+    "init_masks",
+    "magnitude_masks",
+    "prunable",
+    "prune_step",
+    "sparsity_of",
+]

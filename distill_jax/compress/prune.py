@@ -1,0 +1,148 @@
+"""Unstructured magnitude pruning with masks kept in the TrainState.
+
+A pruned student keeps a boolean mask per weight matrix / convolution kernel (the leaves
+with more than one dimension; biases and normalisation scales are never pruned) in
+`TrainState.extra["masks"]`. The train step multiplies the parameters by their masks after
+every optimizer update, so pruned weights stay exactly zero whatever the optimizer's
+momentum or weight decay would do, and the masks are checkpointed with the state.
+
+Sparsity follows either one shot (`final` from the first step) or the gradual cubic
+schedule of Zhu & Gupta 2017 ("To prune, or not to prune", eq. 1):
+
+    s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (n * dt))^3   for t_0 <= t <= t_0 + n * dt,
+
+recomputing the masks from the current magnitudes every `dt` steps. Masks are chosen by
+rank, so exactly `floor(s * n)` weights are pruned (globally over all prunable weights, or
+per layer), ties included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from distill_jax.errors import ConfigError
+
+SCOPES = ("global", "layer")
+
+
+def prunable(params: Any) -> Any:
+    """True for the leaves that pruning applies to: kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _keep_by_rank(magnitude: jax.Array, sparsity: jax.Array) -> jax.Array:
+    """Mask keeping all but the `floor(sparsity * n)` smallest entries (by rank)."""
+    flat = magnitude.reshape(-1)
+    n_pruned = jnp.floor(sparsity * flat.size).astype(jnp.int32)
+    rank = jnp.argsort(jnp.argsort(flat, stable=True), stable=True)  # 0 = smallest
+    return (rank >= n_pruned).reshape(magnitude.shape)
+
+
+def magnitude_masks(params: Any, sparsity: float | jax.Array, scope: str = "global") -> Any:
+    """Masks that prune the smallest-magnitude fraction `sparsity` of the prunable weights.
+
+    Args:
+        params: the student's parameters.
+        sparsity: fraction in [0, 1) of prunable weights to set to zero; may be traced.
+        scope: `global` ranks all prunable weights together (layers end up with different
+            sparsities); `layer` prunes the same fraction of every layer.
+
+    Returns:
+        A pytree like `params` of bool arrays (all True for leaves that are not pruned).
+    """
+    if scope not in SCOPES:
+        raise ConfigError(f"pruning scope {scope!r} is not one of {', '.join(SCOPES)}")
+    which = prunable(params)
+    leaves, treedef = jax.tree.flatten(params)
+    flags = jax.tree.leaves(which)
+    if scope == "layer":
+        masks = [
+            _keep_by_rank(jnp.abs(p), sparsity) if f else jnp.ones(p.shape, bool)
+            for p, f in zip(leaves, flags, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, masks)
+    pairs = list(zip(leaves, flags, strict=True))
+    kept = [jnp.abs(p).reshape(-1).astype(jnp.float32) for p, f in pairs if f]
+    keep_all = _keep_by_rank(jnp.concatenate(kept), sparsity) if kept else None
+    masks, offset = [], 0
+    for p, f in pairs:
+        if f:
+            masks.append(keep_all[offset : offset + p.size].reshape(p.shape))
+            offset += p.size
+        else:
+            masks.append(jnp.ones(p.shape, bool))
+    return jax.tree.unflatten(treedef, masks)
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+    """Parameters with the masked-out weights set to exactly zero."""
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+
+
+def sparsity_of(params: Any) -> float:
+    """Fraction of the prunable weights that are exactly zero."""
+    zeros = total = 0
+    for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(prunable(params)), strict=True):
+        if f:
+            zeros += int(jnp.sum(p == 0))
+            total += p.size
+    return zeros / max(total, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSchedule:
+    """When and how much to prune.
+
+    Attributes:
+        final: the target sparsity `s_f` in [0, 1).
+        initial: `s_i`, the sparsity at `begin_step` (gradual only).
+        begin_step: `t_0`; one-shot pruning uses `final` from this step on.
+        end_step: `t_0 + n * dt`; `end_step == begin_step` means one shot.
+        every: `dt`, steps between mask updates during the ramp.
+        scope: `global` or `layer`.
+    """
+
+    final: float
+    initial: float = 0.0
+    begin_step: int = 0
+    end_step: int = 0
+    every: int = 1
+    scope: str = "global"
+
+    def __post_init__(self):
+        if not 0.0 <= self.initial <= self.final < 1.0:
+            raise ConfigError(
+                f"pruning needs 0 <= initial ({self.initial}) <= final ({self.final}) < 1"
+            )
+        if self.end_step < self.begin_step or self.every < 1:
+            raise ConfigError("pruning needs begin_step <= end_step and every >= 1")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"pruning scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+
+    def sparsity(self, step: jax.Array) -> jax.Array:
+        """Zhu & Gupta's cubic schedule at `step` (constant `final` after the ramp)."""
+        span = max(self.end_step - self.begin_step, 1)
+        frac = jnp.clip((step - self.begin_step) / span, 0.0, 1.0)
+        if self.end_step == self.begin_step:
+            frac = jnp.where(step >= self.begin_step, 1.0, 0.0)
+        return self.final + (self.initial - self.final) * (1.0 - frac) ** 3
+
+    def update_now(self, step: jax.Array) -> jax.Array:
+        """Whether the masks are recomputed before `step`'s update."""
+        in_ramp = (step >= self.begin_step) & (step <= self.end_step)
+        return in_ramp & ((step - self.begin_step) % self.every == 0)
+
+
+def prune_step(params: Any, masks: Any, step: jax.Array, schedule: PruneSchedule):
+    """Masks for `step` (recomputed on schedule) and the parameters they leave.
+
+    Called inside the train step after the optimizer update; returns `(params, masks)`.
+    """
+    fresh = magnitude_masks(params, schedule.sparsity(step), schedule.scope)
+    now = schedule.update_now(step)
+    masks = jax.tree.map(lambda new, old: jnp.where(now, new, old), fresh, masks)
+    return apply_masks(params, masks), masks
