@@ -95,16 +95,22 @@ def run(
     seeds: int = 3,
     embedding: bool = True,
     say=print,
+    teacher_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Trains every setting and returns (and writes) the results."""
+    """Trains every setting and returns (and writes) the results.
+
+    With `teacher_dir` (a finished teacher run) the teacher is loaded, not trained, and
+    has no row of its own in the results.
+    """
     os.makedirs(workdir, exist_ok=True)
     results: dict[str, Any] = {"seeds": seeds, "runs": {}}
     start = time.time()
-    teacher_dir = os.path.join(workdir, "teacher")
-    t0 = time.time()
-    teacher_fit = fit(settings["teacher"], teacher_dir, role="teacher", desc="teacher")
-    results["runs"]["teacher"] = [_summary(teacher_fit, time.time() - t0)]
-    say(f"teacher: test accuracy {teacher_fit.test['accuracy']:.4f}")
+    if teacher_dir is None:
+        teacher_dir = os.path.join(workdir, "teacher")
+        t0 = time.time()
+        teacher_fit = fit(settings["teacher"], teacher_dir, role="teacher", desc="teacher")
+        results["runs"]["teacher"] = [_summary(teacher_fit, time.time() - t0)]
+        say(f"teacher: test accuracy {teacher_fit.test['accuracy']:.4f}")
     teacher = load_teacher(teacher_dir, settings["teacher"].teacher.checkpoint)
     students = [n for n in STUDENT_SETTINGS[2] + STUDENT_SETTINGS[4] if n in settings]
     for name in students:
@@ -226,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--depths", default="2", help="student depths: 2, 4 or 2,4")
     parser.add_argument("--no-embedding", action="store_true")
+    parser.add_argument("--teacher", help="use this finished teacher run instead of training one")
     parser.add_argument("--data_dir")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value (all settings)")
     args = parser.parse_args(argv)
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.data_dir={args.data_dir!r}")
     depths = tuple(int(d) for d in args.depths.split(","))
     settings = load_settings(overrides, depths)
-    run(settings, args.workdir, args.seeds, not args.no_embedding)
+    run(settings, args.workdir, args.seeds, not args.no_embedding, teacher_dir=args.teacher)
     return 0
 
 
