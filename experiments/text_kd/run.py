@@ -69,7 +69,7 @@ def pretrained_teacher(config) -> Teacher:
     dummy = jnp.zeros((1, *info.image_shape), jnp.int32)
     params = model.initial_params(jax.jit(model.init)(jax.random.PRNGKey(0), dummy)["params"])
     identity = {
-        "workdir": f"pretrained:{config.teacher.model.init_from}",
+        "workdir": f"pretrained:{config.teacher.model.get('init_from')}",
         "step": 0,
         "model": config_lib.to_dict(config)["teacher"]["model"],
         "num_classes": info.num_classes,
