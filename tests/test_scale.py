@@ -269,3 +269,17 @@ def test_students_by_map_equals_vmap():
     for a, b in zip(_leaves(out["vmap"]), _leaves(out["map"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(out["map"][1]["kd"][0], out["map"][1]["kd"][1])
+
+
+def test_a_workdir_from_before_the_new_config_keys_still_resumes(data_dir):
+    """Specs written before `data.pipeline`, `data.shuffle_seed`, `distill.cache` match."""
+    config = _config(data_dir)
+    new = loop.run_spec(config, "student", 0, 0, None)
+    new["distill"] = dict(config.distill.to_dict())
+    old = json.loads(json.dumps(new))
+    for key in ("pipeline", "shuffle_seed"):
+        del old["data"][key]
+    del old["distill"]["cache"]
+    assert loop._same_spec(old, new)
+    old["data"]["shuffle_seed"] = 3  # a real difference still counts
+    assert not loop._same_spec(old, new)

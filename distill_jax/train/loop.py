@@ -270,7 +270,20 @@ def run_spec(
     return spec
 
 
+def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec with the keys a newer version added filled in with their defaults, so a
+    workdir written before them still resumes."""
+    defaults = config_lib.default_config()
+    spec = dict(spec)
+    spec["data"] = {**defaults["data"], **spec.get("data", {})}
+    spec["train"] = {**defaults["student"]["train"], **spec.get("train", {})}
+    if spec.get("distill") is not None:
+        spec["distill"] = {**defaults["distill"], **spec["distill"]}
+    return spec
+
+
 def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    a, b = _with_defaults(a), _with_defaults(b)
     keys = ("role", "seed", "dtype", "model", "train", "distill", "teacher_cache", "students")
     data_keys = ("name", "train_split", "shuffle_seed")
     ta = (a.get("teacher") or {}).get("workdir")
