@@ -51,7 +51,7 @@ from distill_jax import data as data_lib  # noqa: E402
 from distill_jax.models import create_model  # noqa: E402
 from distill_jax.parallel import make_strategy  # noqa: E402
 from distill_jax.train.optim import make_optimizer  # noqa: E402
-from distill_jax.train.state import create_train_state  # noqa: E402
+from distill_jax.train.state import create_student_states, create_train_state  # noqa: E402
 from distill_jax.train.steps import frozen_inputs, make_train_step  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,13 +199,9 @@ def time_case(
         steps_per_epoch=len(split) // batch,
     )
     if students:
-        states = []
-        for i in range(students):
-            s = create_train_state(student, tx, shape, i)
-            hp = {k: jnp.float32(v) for k, v in (("alpha", 0.1), ("temperature", 4.0))}
-            hp["lr_scale"] = jnp.float32(1.0)
-            states.append(s.replace(extra={**s.extra, "hparams": hp}))
-        state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        hparams = {"alpha": 0.1, "temperature": 4.0, "learning_rate": train["learning_rate"]}
+        members = [{"seed": i, **hparams} for i in range(students)]
+        state = create_student_states(student, tx, shape, members, train["learning_rate"])
     else:
         state = create_train_state(student, tx, shape, 0)
     state = strategy.put_replicated(state)

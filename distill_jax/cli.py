@@ -118,8 +118,13 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _load(args: argparse.Namespace, overrides: list[str]):
     from distill_jax import config as config_lib
 
-    if args.data_dir:
-        overrides = [*overrides, f"data.data_dir={args.data_dir!r}"]
+    # Flags that stand for config keys become overrides, validated with the rest.
+    flags = {
+        "data.data_dir": args.data_dir,
+        "distill.cache": getattr(args, "teacher_cache", None),
+        "vmap.students": getattr(args, "vmap_students", None),
+    }
+    overrides = [*overrides, *(f"{k}={v!r}" for k, v in flags.items() if v)]
     return config_lib.load_config(args.config, overrides)
 
 
@@ -182,18 +187,6 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
             config, args.workdir, role=args.role, seed=args.seed, overwrite=args.overwrite
         )
     else:  # distill
-        extra = []
-        if args.teacher_cache:
-            extra.append(f"distill.cache={args.teacher_cache!r}")
-        if args.vmap_students:
-            extra.append(f"vmap.students={args.vmap_students}")
-        if extra:
-            from distill_jax import config as config_lib
-
-            cfg = config_lib.to_dict(config)
-            for item in extra:
-                config_lib.set_key(cfg, *config_lib._parse_override(item))
-            config = config_lib.from_dict(cfg)
         teacher_dir = args.teacher or config.teacher.workdir
         if not teacher_dir and not config.distill.cache:
             raise ConfigError(

@@ -233,7 +233,7 @@ def test_cache_is_refused_for_another_teacher_split_or_augmentation(data_dir, tm
 def test_students_by_map_equals_vmap():
     """`vmap.by = "map"` (students one after another) computes what the vmapped step does."""
     from distill_jax.train.optim import make_optimizer
-    from distill_jax.train.state import create_train_state
+    from distill_jax.train.state import create_student_states
     from distill_jax.train.steps import frozen_inputs, make_train_step
 
     shape = (8, 8, 1)
@@ -242,12 +242,12 @@ def test_students_by_map_equals_vmap():
     t_vars = t_model.init(jax.random.PRNGKey(3), jnp.zeros((1, *shape)))
     train = load_config(None).student.train.to_dict()
     tx, _ = make_optimizer(train, steps_per_epoch=5)
-    states = []
-    for seed, temperature in ((0, 2.0), (1, 4.0)):
-        s = create_train_state(student, tx, shape, seed)
-        hp = {"alpha": 0.2, "temperature": temperature, "lr_scale": 1.0 + seed}
-        states.append(s.replace(extra={"hparams": jax.tree.map(jnp.float32, hp)}))
-    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    lr = train["learning_rate"]
+    members = [
+        {"seed": seed, "alpha": 0.2, "temperature": t, "learning_rate": lr * (1.0 + seed)}
+        for seed, t in ((0, 2.0), (1, 4.0))
+    ]
+    state = create_student_states(student, tx, shape, members, lr)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (16, *shape), dtype=np.uint8),

@@ -44,7 +44,12 @@ from distill_jax.parallel import make_strategy
 from distill_jax.report import summarize
 from distill_jax.train.checkpointing import Checkpointer, has_checkpoint
 from distill_jax.train.optim import make_optimizer
-from distill_jax.train.state import Teacher, TrainState, create_train_state
+from distill_jax.train.state import (
+    Teacher,
+    TrainState,
+    create_student_states,
+    create_train_state,
+)
 from distill_jax.train.steps import frozen_inputs, make_train_step
 from distill_jax.train.teacher_cache import TeacherCache, check_cache, load_cache
 
@@ -467,10 +472,6 @@ def member(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def _stack(trees: list[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def _mean_metrics(per_student: list[dict[str, Any]]) -> dict[str, Any]:
     """One student's metrics, or the mean and `*_std` over several (report.summarize)."""
     if len(per_student) == 1:
@@ -583,17 +584,9 @@ def fit(
     if members is None:
         state = create_train_state(model, tx, info.image_shape, seed, init_extra)
     else:
-        states = []
-        for m in members:
-            one = create_train_state(model, tx, info.image_shape, m["seed"], init_extra)
-            hparams = {
-                "alpha": m["alpha"],
-                "temperature": m["temperature"],
-                "lr_scale": m["learning_rate"] / train_cfg.learning_rate,
-            }
-            hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-            states.append(one.replace(extra={**one.extra, "hparams": hparams}))
-        state = _stack(states)
+        state = create_student_states(
+            model, tx, info.image_shape, members, train_cfg.learning_rate, init_extra
+        )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     if ckpt.all_steps():
         state, restored_meta, problems = ckpt.restore_verified(target=state)

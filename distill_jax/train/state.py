@@ -109,6 +109,41 @@ def create_train_state(
     return state.replace(params=params, opt_state=opt_state)
 
 
+def stack_trees(trees: list[Any]) -> Any:
+    """Stacks pytrees of the same structure along a new leading (student) axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def create_student_states(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    students: list[dict[str, Any]],
+    base_learning_rate: float,
+    init_extra: Callable[[jax.Array, Any], dict[str, Any]] | None = None,
+) -> TrainState:
+    """N stacked TrainStates for one vmapped (or mapped) train step.
+
+    Student `i` is `create_train_state(..., students[i]["seed"])` plus its
+    `extra["hparams"]`: `alpha`, `temperature` and `lr_scale` (its `learning_rate` over
+    the optimizer's `base_learning_rate`), which the step uses in place of its defaults.
+
+    Args:
+        students: dicts with `seed`, `alpha`, `temperature` and `learning_rate`.
+    """
+    states = []
+    for m in students:
+        one = create_train_state(model, tx, image_shape, m["seed"], init_extra)
+        hparams = {
+            "alpha": m["alpha"],
+            "temperature": m["temperature"],
+            "lr_scale": m["learning_rate"] / base_learning_rate,
+        }
+        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+        states.append(one.replace(extra={**one.extra, "hparams": hparams}))
+    return stack_trees(states)
+
+
 def train_key(seed: int) -> jax.Array:
     """The base key of a run's per-step randomness: `create_train_state(seed).rng`.
 

@@ -31,7 +31,7 @@ from distill_jax.compress.prune import prune_step
 from distill_jax.data.augment import augment, to_float
 from distill_jax.losses import cross_entropy
 from distill_jax.losses.objective import Objective
-from distill_jax.train.state import TrainState, train_key
+from distill_jax.train.state import TrainState, stack_trees, train_key
 
 Batch = Mapping[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]
@@ -127,7 +127,7 @@ def make_train_step(
         objective = Objective({"alpha": alpha, "temperature": temperature, "losses": {}})
     fixed_data_key = None if data_seed is None else train_key(data_seed)
 
-    def inputs(step, rng, frozen, batch):
+    def inputs(step, view, rng, frozen, batch):
         """The batch's augmented images, labels and example indices."""
         index = batch["index"]
         if "data" in frozen:  # resident split: gather the rows on the device
@@ -135,7 +135,6 @@ def make_train_step(
         else:
             image, labels = batch["image"], batch["label"]
         if cache is not None:
-            view = (step // steps_per_epoch) % cache["views"]
             aug_key = cache_view_key(cache["seed"], view)
         else:
             data_key = rng if fixed_data_key is None else fixed_data_key
@@ -143,9 +142,8 @@ def make_train_step(
         images = augment(aug_key, to_float(image), index, translate, flip)
         return images, labels, index
 
-    def teacher_outputs(step, frozen, images, index):
+    def teacher_outputs(view, frozen, images, index):
         if cache is not None:
-            view = (step // steps_per_epoch) % cache["views"]
             values = frozen["cache"]["values"][index, view]
             if cache["top_k"]:
                 return {"topk": (values, frozen["cache"]["indices"][index, view])}
@@ -254,8 +252,10 @@ def make_train_step(
             step, rng = state.step[0], None
         else:
             step, rng = state.step, state.rng
-        images, labels, index = inputs(step, rng, frozen, batch)
-        teacher_out = teacher_outputs(step, frozen, images, index)
+        # The teacher cache's view of this epoch (the student trains on exactly it).
+        view = None if cache is None else (step // steps_per_epoch) % cache["views"]
+        images, labels, index = inputs(step, view, rng, frozen, batch)
+        teacher_out = teacher_outputs(view, frozen, images, index)
         if students and students_by == "map":
             # Unrolled rather than `lax.map`: XLA:CPU ran convolutions inside a loop body
             # ~30x slower than the same convolutions unrolled.
@@ -263,7 +263,7 @@ def make_train_step(
                 update(jax.tree.map(lambda x, i=i: x[i], state), images, labels, index, teacher_out)
                 for i in range(students)
             ]
-            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+            return stack_trees(outs)
         if students:
             return jax.vmap(update, in_axes=(0, None, None, None, None))(
                 state, images, labels, index, teacher_out
