@@ -7,6 +7,7 @@
                          [--teacher_cache CACHE_DIR] [--vmap_students N]
     distill-jax cache-teacher --config FILE --teacher TEACHER_DIR --workdir CACHE_DIR
                          [--top_k K] [--views V]
+    distill-jax compress --config FILE --workdir DIR [--teacher TEACHER_DIR]
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
 
 Multi-process (multi-host) runs: start the same command in every process with
@@ -97,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="which split (default: train)")
     p.add_argument("--seed", type=int, help="augmentation seed of the views (default: seed)")
 
+    p = sub.add_parser(
+        "compress", help="distil, prune and quantize the student; accuracy-size table and plot"
+    )
+    common(p)
+    p.add_argument("--teacher", help="workdir of a finished teacher run (else one is trained)")
+
     p = sub.add_parser("evaluate", help="evaluate a trained run on a split")
     common(p, config_required=False)
     p.add_argument("--teacher", help="also report agreement and KL against this teacher")
@@ -179,6 +186,11 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
             methods=split(args.methods),
             seeds=args.seeds,
         )
+        return 0
+    if args.command == "compress":
+        from distill_jax.compress.chain import compress
+
+        compress(config, args.workdir, teacher_dir=args.teacher or config.teacher.workdir)
         return 0
     if args.command == "cache-teacher":
         return _cache_teacher(args, config)

@@ -122,6 +122,22 @@ def default_config() -> dict[str, Any]:
             "learning_rate": [],
             "by": "vmap",
         },
+        # `distill-jax compress`: the prune -> distil -> quantize chain on the distilled
+        # student, each stage recovered by fine-tuning (compress/chain.py).
+        "compression": {
+            "sparsities": [0.5, 0.8, 0.9, 0.95],  # unstructured magnitude pruning targets
+            "scope": "global",  # global | layer: rank weights over all layers or per layer
+            "schedule": "gradual",  # gradual (Zhu & Gupta's cubic ramp) | one_shot
+            "ramp_fraction": 0.5,  # gradual: the ramp spans this fraction of recovery
+            "prune_every": 10,  # gradual: steps between mask updates on the ramp
+            "recovery": ["kd", "hard"],  # fine-tune with the teacher's soft targets | labels
+            "recovery_epochs": 10,
+            "recovery_learning_rate": 3e-4,
+            "channel_keep": [0.5, 0.25],  # structured: fraction of units kept per layer
+            "channel_criterion": "l1",  # l1 (filter norm) | bn_scale (network slimming)
+            "int8": True,  # post-training int8 quantization of the distilled student
+            "qat_epochs": 5,  # quantization-aware training with KD (0: off)
+        },
         "parallel": {"strategy": "jit"},  # jit (sharded over a data mesh) | pmap
         "checkpoint": {
             "every_steps": 1000,
@@ -356,6 +372,27 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["eval"]["every_epochs"], "eval.every_epochs")
     _positive(cfg["eval"]["ece_bins"], "eval.ece_bins")
     _positive(cfg["log"]["every_steps"], "log.every_steps")
+    _validate_compression(cfg["compression"])
+
+
+def _validate_compression(c: dict[str, Any]) -> None:
+    for s in c["sparsities"]:
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0.0 < s < 1.0:
+            raise ConfigError(f"compression.sparsities entries must be in (0, 1), got {s!r}")
+    for k in c["channel_keep"]:
+        if isinstance(k, bool) or not isinstance(k, int | float) or not 0.0 < k < 1.0:
+            raise ConfigError(f"compression.channel_keep entries must be in (0, 1), got {k!r}")
+    _choice(c["scope"], ("global", "layer"), "compression.scope")
+    _choice(c["schedule"], ("gradual", "one_shot"), "compression.schedule")
+    _choice(c["channel_criterion"], ("l1", "bn_scale"), "compression.channel_criterion")
+    for r in c["recovery"]:
+        _choice(r, ("kd", "hard"), "compression.recovery entry")
+    if not 0.0 <= c["ramp_fraction"] <= 1.0:
+        raise ConfigError(f"compression.ramp_fraction must be in [0, 1], got {c['ramp_fraction']}")
+    _positive(c["prune_every"], "compression.prune_every")
+    _positive(c["recovery_epochs"], "compression.recovery_epochs")
+    _positive(c["recovery_learning_rate"], "compression.recovery_learning_rate")
+    _positive(c["qat_epochs"], "compression.qat_epochs", allow_zero=True)
 
 
 def _validate_vmap(vmap: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from distill_jax import config as config_lib
 from distill_jax import data as data_lib
 from distill_jax import faults
+from distill_jax.compress import PruneSchedule, init_masks
 from distill_jax.errors import CheckpointError, ConfigError, DivergenceError, Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.models import create_model
@@ -289,7 +290,17 @@ def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
     a, b = _with_defaults(a), _with_defaults(b)
-    keys = ("role", "seed", "dtype", "model", "train", "distill", "teacher_cache", "students")
+    keys = (
+        "role",
+        "seed",
+        "dtype",
+        "model",
+        "train",
+        "distill",
+        "teacher_cache",
+        "students",
+        "compress",
+    )
     data_keys = ("name", "train_split", "shuffle_seed")
     ta = (a.get("teacher") or {}).get("workdir")
     tb = (b.get("teacher") or {}).get("workdir")
@@ -492,6 +503,9 @@ def fit(
     translate: int | None = None,
     overwrite: bool = False,
     desc: str | None = None,
+    init_from: Teacher | None = None,
+    prune: PruneSchedule | None = None,
+    qat: bool = False,
 ) -> FitResult:
     """Trains `config[role]` (alone, or distilled from `teacher`) and evaluates it.
 
@@ -507,6 +521,13 @@ def fit(
         translate: override of `train.translate` (random translation, +-pixels).
         overwrite: discard a checkpoint of a different config in `workdir`.
         desc: progress bar label.
+        init_from: start from this trained model's variables (same architecture as
+            `config[role].model`) instead of a random initialisation: the recovery
+            fine-tuning of a pruned or quantized student.
+        prune: prune the student's weights on this schedule, with masks kept in
+            `TrainState.extra["masks"]` (compress/prune.py).
+        qat: quantization-aware training: train (and evaluate) the int8 fake-quantized
+            model (compress/quantize.py).
 
     Returns:
         The trained model, its variables and its test metrics (for vmapped students:
@@ -557,10 +578,22 @@ def fit(
         config[role].model, info.num_classes, dtype=config.dtype, axis_name=strategy.axis_name
     )
     eval_model = create_model(config[role].model, info.num_classes, dtype=config.dtype)
+    if qat:
+        from distill_jax.compress.quantize import qat as qat_model
+
+        model, eval_model = qat_model(model), qat_model(eval_model)
     tx, schedule = make_optimizer(train_cfg, steps_per_epoch)
     members = student_grid(config, role, seed, distilling)
     data_seed = seed if config.data.shuffle_seed < 0 else config.data.shuffle_seed
     spec = run_spec(config, role, seed, translate, teacher, cache, members)
+    if members is not None and (init_from is not None or prune is not None or qat):
+        raise ConfigError("pruning, quantization and init_from train one student, not vmap")
+    if init_from is not None or prune is not None or qat:
+        spec["compress"] = {
+            "init_from": None if init_from is None else init_from.identity,
+            "prune": None if prune is None else dataclasses.asdict(prune),
+            "qat": qat,
+        }
     objective, init_extra = None, None
     if cache is not None:
         from distill_jax.losses.objective import Objective
@@ -582,7 +615,16 @@ def fit(
     # -- 2. workdir and restore ---------------------------------------------------------
     _prepare_workdir(workdir, spec, overwrite)
     if members is None:
-        state = create_train_state(model, tx, info.image_shape, seed, init_extra)
+        state = create_train_state(
+            model,
+            tx,
+            info.image_shape,
+            seed,
+            init_extra,
+            init_variables=None if init_from is None else init_from.variables,
+        )
+        if prune is not None:
+            state = state.replace(extra={**state.extra, "masks": init_masks(state.params)})
     else:
         state = create_student_states(
             model, tx, info.image_shape, members, train_cfg.learning_rate, init_extra
@@ -628,6 +670,7 @@ def fit(
         students_by=config.vmap.by,
         cache=None if cache is None else cache.step_spec,
         steps_per_epoch=steps_per_epoch,
+        prune=prune,
     )
     p_step = strategy.compile_step(step_fn)
     # The training split stays on the device when it fits: only indices cross per step.

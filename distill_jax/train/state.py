@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from distill_jax.errors import ConfigError
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -67,6 +69,7 @@ def create_train_state(
     image_shape: tuple[int, ...],
     seed: int,
     init_extra: Callable[[jax.Array, Any], dict[str, Any]] | None = None,
+    init_variables: Any = None,
 ) -> TrainState:
     """A fresh TrainState for `model`, deterministic in `seed`.
 
@@ -80,6 +83,9 @@ def create_train_state(
         seed: the run's seed.
         init_extra: `init_extra(key, student_params) -> {"params": ..., "memory": ...}`
             for the objective's trainable methods; None when there are none.
+        init_variables: start from these variables (`{"params", "batch_stats"}` of a
+            trained model of the same architecture, e.g. for pruning or quantization-
+            aware fine-tuning) instead of the random initialisation.
     """
 
     def init(seed_key):
@@ -98,6 +104,8 @@ def create_train_state(
         )
 
     state = jax.jit(init)(jax.random.PRNGKey(seed))
+    if init_variables is not None:
+        return _start_from(state, tx, init_variables)
     initial_params = getattr(model, "initial_params", None)
     if initial_params is None:
         return state
@@ -107,6 +115,25 @@ def create_train_state(
     params = jax.tree.map(jnp.asarray, initial_params(state.params))
     opt_state = tx.init({"student": params, "methods": state.extra.get("params", {})})
     return state.replace(params=params, opt_state=opt_state)
+
+
+def _start_from(state: TrainState, tx: optax.GradientTransformation, variables: Any) -> TrainState:
+    """`state` with the given trained variables in place of its initialisation."""
+    for collection, fresh in (("params", state.params), ("batch_stats", state.batch_stats)):
+        given = variables.get(collection, {})
+        want, got = jax.tree.map(jnp.shape, fresh), jax.tree.map(jnp.shape, given)
+        if want != got:
+            raise ConfigError(
+                f"the variables to start from do not fit the model: its {collection} have "
+                f"shapes {want}, the given ones {got}"
+            )
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    opt_state = tx.init({"student": params, "methods": state.extra.get("params", {})})
+    return state.replace(
+        params=params,
+        batch_stats=jax.tree.map(jnp.asarray, variables.get("batch_stats", {})),
+        opt_state=opt_state,
+    )
 
 
 def stack_trees(trees: list[Any]) -> Any:
