@@ -1,4 +1,4 @@
-"""Compression beyond distillation: pruning (and, later, quantization) of the student."""
+"""Compression beyond distillation: pruning and int8 quantization of the student."""
 
 from distill_jax.compress.prune import (
     PruneSchedule,
@@ -8,6 +8,7 @@ from distill_jax.compress.prune import (
     prune_step,
     sparsity_of,
 )
+from distill_jax.compress.quantize import int8_rules, ptq, qat, stored_bytes
 
 
 def init_masks(params):
@@ -22,8 +23,12 @@ __all__ = [
     "PruneSchedule",
     "apply_masks",
     "init_masks",
+    "int8_rules",
     "magnitude_masks",
     "prunable",
     "prune_step",
+    "ptq",
+    "qat",
     "sparsity_of",
+    "stored_bytes",
 ]
