@@ -71,6 +71,15 @@ def test_cubic_schedule_matches_zhu_and_gupta():
         True,
         False,
     ]
+    # The ramp's last step updates even when `every` does not divide its length.
+    odd = PruneSchedule(final=0.8, end_step=9, every=2)
+    assert [bool(odd.update_now(jnp.asarray(t))) for t in (7, 8, 9, 10)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert float(odd.sparsity(jnp.asarray(9))) == pytest.approx(0.8)
     one_shot = PruneSchedule(final=0.8, begin_step=5, end_step=5)
     assert float(one_shot.sparsity(jnp.asarray(4))) == 0.0
     assert float(one_shot.sparsity(jnp.asarray(5))) == pytest.approx(0.8)

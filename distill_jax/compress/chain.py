@@ -55,8 +55,16 @@ def disk_bytes(variables: Any) -> int:
 
 
 def count_nonzero(variables: Any) -> tuple[int, int]:
-    """`(parameters, non-zero parameters)` of the `params` collection."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(variables["params"])]
+    """`(parameters, non-zero parameters)` of the `params` collection.
+
+    A quantized kernel counts its int8 values; its scales are overhead (they show in the
+    size on disk), not parameters.
+    """
+    leaves = [
+        np.asarray(x)
+        for path, x in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+        if not (isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "scale")
+    ]
     return sum(x.size for x in leaves), sum(int(np.count_nonzero(x)) for x in leaves)
 
 

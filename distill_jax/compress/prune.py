@@ -134,7 +134,10 @@ class PruneSchedule:
     def update_now(self, step: jax.Array) -> jax.Array:
         """Whether the masks are recomputed before `step`'s update."""
         in_ramp = (step >= self.begin_step) & (step <= self.end_step)
-        return in_ramp & ((step - self.begin_step) % self.every == 0)
+        # The end of the ramp always updates, so the final sparsity is reached even when
+        # `every` does not divide the ramp's length.
+        on_grid = ((step - self.begin_step) % self.every == 0) | (step == self.end_step)
+        return in_ramp & on_grid
 
 
 def prune_step(params: Any, masks: Any, step: jax.Array, schedule: PruneSchedule):
