@@ -1,7 +1,7 @@
 """Runs the text distillation experiment end to end and writes its measured table.
 
-Command (about 40 minutes on one core of the 2-core CPU box; resumable: finished runs are
-not retrained):
+Command (43 minutes with `--depths 2,4` on the 2-core CPU box; resumable: finished runs
+are not retrained):
 
     python experiments/text_kd/run.py --workdir runs/text_kd [--depths 2,4]
 
