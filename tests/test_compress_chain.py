@@ -101,3 +101,13 @@ def test_disk_bytes_shrink_with_zeros_and_int8():
     sparse = disk_bytes({"params": {"w": np.where(np.abs(w) > 1.0, w, 0).astype(np.float32)}})
     assert sparse < 0.6 * dense
     assert disk_bytes({"params": {"w": w.astype(np.int8)}}) < 0.3 * dense
+
+
+def test_a_plan_that_cannot_work_fails_before_any_training(data_dir, tmp_path, capsys):
+    workdir = tmp_path / "chain"
+    overrides = tiny_overrides(data_dir, **{"compression.channel_criterion": "bn_scale"})
+    code = main(["compress", "--workdir", str(workdir), *(f"--config.{o}" for o in overrides)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'bn_scale' needs BatchNorm" in err and "dense1" in err
+    assert not (workdir / "teacher").exists()

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from distill_jax import config as config_lib
-from distill_jax.compress.channels import prune_channels
+from distill_jax.compress.channels import check_prunable, prune_channels
 from distill_jax.compress.prune import PruneSchedule, apply_masks, magnitude_masks
 from distill_jax.evaluation import Evaluator, measure_latency
 from distill_jax.models import create_model
@@ -148,6 +148,10 @@ def compress(
     data = load_data(config)
     info = data.info
     example = jnp.zeros((1, *info.image_shape), jnp.float32)
+    if c.channel_keep:  # a plan that cannot work fails now, not after the training
+        student = create_model(config.student.model.to_dict(), info.num_classes)
+        shapes = jax.eval_shape(lambda x: student.init(jax.random.PRNGKey(0), x), example)
+        check_prunable(config.student.model.to_dict(), shapes["params"], c.channel_criterion)
 
     # -- 1. teacher, dense student alone, distilled student --------------------------
     if teacher_dir is None:

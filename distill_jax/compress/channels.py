@@ -80,25 +80,35 @@ def _layers(model_cfg: Mapping[str, Any], params: Mapping[str, Any]) -> list[_La
     )
 
 
+def check_prunable(model_cfg: Mapping[str, Any], params: Mapping[str, Any], criterion: str) -> None:
+    """Raises `ConfigError` unless `criterion` can rank the units of this model's layers.
+
+    `params` may hold shape structs (`jax.eval_shape`), so a run checks its plan before
+    it trains anything.
+    """
+    if criterion not in CRITERIA:
+        raise ConfigError(f"channel criterion {criterion!r} is not one of {', '.join(CRITERIA)}")
+    for layer in _layers(model_cfg, params):
+        if criterion == "bn_scale" and layer.norm is None:
+            raise ConfigError(
+                f"channel criterion 'bn_scale' needs BatchNorm after every pruned layer; "
+                f"layer '{layer.kernel}' of model '{model_cfg['name']}' has none (use 'l1')"
+            )
+
+
 def unit_importance(
     model_cfg: Mapping[str, Any], variables: Mapping[str, Any], criterion: str = "l1"
 ) -> dict[str, np.ndarray]:
     """Importance of every unit of every prunable layer, by layer (kernel) name."""
-    if criterion not in CRITERIA:
-        raise ConfigError(f"channel criterion {criterion!r} is not one of {', '.join(CRITERIA)}")
     params = variables["params"]
+    check_prunable(model_cfg, params, criterion)
     out = {}
     for layer in _layers(model_cfg, params):
         kernel = np.asarray(params[layer.kernel]["kernel"], np.float64)
         if criterion == "l1":
             out[layer.kernel] = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-        elif layer.norm is not None:
-            out[layer.kernel] = np.abs(np.asarray(params[layer.norm]["scale"], np.float64))
         else:
-            raise ConfigError(
-                f"channel criterion 'bn_scale' needs BatchNorm after every pruned layer; "
-                f"layer '{layer.kernel}' of model '{model_cfg['name']}' has none (use 'l1')"
-            )
+            out[layer.kernel] = np.abs(np.asarray(params[layer.norm]["scale"], np.float64))
     return out
 
 
