@@ -38,8 +38,9 @@ def _keep_by_rank(magnitude: jax.Array, sparsity: jax.Array) -> jax.Array:
     """Mask keeping all but the `floor(sparsity * n)` smallest entries (by rank)."""
     flat = magnitude.reshape(-1)
     n_pruned = jnp.floor(sparsity * flat.size).astype(jnp.int32)
-    rank = jnp.argsort(jnp.argsort(flat, stable=True), stable=True)  # 0 = smallest
-    return (rank >= n_pruned).reshape(magnitude.shape)
+    order = jnp.argsort(flat, stable=True)  # order[r] is the entry of rank r (0 = smallest)
+    keep_by_rank = jnp.arange(flat.size) >= n_pruned
+    return jnp.zeros(flat.size, bool).at[order].set(keep_by_rank).reshape(magnitude.shape)
 
 
 def magnitude_masks(params: Any, sparsity: float | jax.Array, scope: str = "global") -> Any:
@@ -145,7 +146,11 @@ def prune_step(params: Any, masks: Any, step: jax.Array, schedule: PruneSchedule
 
     Called inside the train step after the optimizer update; returns `(params, masks)`.
     """
-    fresh = magnitude_masks(params, schedule.sparsity(step), schedule.scope)
-    now = schedule.update_now(step)
-    masks = jax.tree.map(lambda new, old: jnp.where(now, new, old), fresh, masks)
+    # Ranking a million weights is a sort: only done on the steps that update the masks.
+    masks = jax.lax.cond(
+        schedule.update_now(step),
+        lambda p: magnitude_masks(p, schedule.sparsity(step), schedule.scope),
+        lambda p: masks,
+        params,
+    )
     return apply_masks(params, masks), masks
