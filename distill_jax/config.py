@@ -130,7 +130,9 @@ def default_config() -> dict[str, Any]:
             "schedule": "gradual",  # gradual (Zhu & Gupta's cubic ramp) | one_shot
             "ramp_fraction": 0.5,  # gradual: the ramp spans this fraction of recovery
             "prune_every": 10,  # gradual: steps between mask updates on the ramp
-            "recovery": ["kd", "hard"],  # fine-tune with the teacher's soft targets | labels
+            # Recovery fine-tuning: kd (the teacher's soft targets), self (those of the
+            # distilled student before pruning), hard (labels only).
+            "recovery": ["kd", "hard"],
             "recovery_epochs": 10,
             "recovery_learning_rate": 3e-4,
             "channel_keep": [0.5, 0.25],  # structured: fraction of units kept per layer
@@ -386,7 +388,7 @@ def _validate_compression(c: dict[str, Any]) -> None:
     _choice(c["schedule"], ("gradual", "one_shot"), "compression.schedule")
     _choice(c["channel_criterion"], ("l1", "bn_scale"), "compression.channel_criterion")
     for r in c["recovery"]:
-        _choice(r, ("kd", "hard"), "compression.recovery entry")
+        _choice(r, ("kd", "self", "hard"), "compression.recovery entry")
     if not 0.0 <= c["ramp_fraction"] <= 1.0:
         raise ConfigError(f"compression.ramp_fraction must be in [0, 1], got {c['ramp_fraction']}")
     _positive(c["prune_every"], "compression.prune_every")

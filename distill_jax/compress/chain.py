@@ -6,8 +6,10 @@ The chain (NVIDIA ModelOpt's prune -> distil -> quantize, run from one config):
    alone, and the dense student distilled from the teacher;
 2. unstructured magnitude pruning of the distilled student to each of
    `compression.sparsities` (masks in the TrainState, gradual or one-shot), recovered by
-   fine-tuning with the teacher's soft targets (`kd`) and/or with hard labels only
-   (`hard`), plus the pruned model before any recovery;
+   fine-tuning with the teacher's soft targets (`kd`), with the soft targets of the
+   unpruned distilled student (`self`: the student before pruning is the teacher, as in
+   ModelOpt / Minitron), and/or with hard labels only (`hard`), plus the pruned model
+   before any recovery;
 3. structured pruning: every hidden layer keeps `compression.channel_keep` of its units
    (`channels.py`), giving a smaller dense student, recovered the same two ways;
 4. int8: post-training quantization of the distilled student, quantization-aware
@@ -172,7 +174,7 @@ def compress(
     distilled = load_teacher(kd.workdir, what="student")
     rows.add("student distilled", "distilled", kd.model, kd.variables)
     say(f"distilled student: test accuracy {kd.test['accuracy']:.4f}")
-    recovery = {"kd": teacher, "hard": None}
+    recovery = {"kd": teacher, "self": distilled, "hard": None}
 
     # -- 2. unstructured pruning, recovered with KD and/or hard labels -------------------
     rec_config = recovery_config(config)
@@ -342,9 +344,11 @@ _STYLE = {
     "distilled": ("tab:blue", "*"),
     "pruned": ("tab:gray", "x"),
     "pruned_kd": ("tab:blue", "o"),
+    "pruned_self": ("tab:cyan", "o"),
     "pruned_hard": ("tab:orange", "o"),
     "channels": ("tab:gray", "+"),
     "channels_kd": ("tab:blue", "D"),
+    "channels_self": ("tab:cyan", "D"),
     "channels_hard": ("tab:orange", "D"),
     "int8": ("tab:green", "^"),
     "chain": ("tab:red", "v"),

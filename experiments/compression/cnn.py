@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = {"every_epochs": 2}
     config.compression = {
         "sparsities": [0.5, 0.8, 0.9, 0.95],
-        "recovery": ["kd", "hard"],
+        "recovery": ["kd", "self", "hard"],
         "recovery_epochs": 5,
         "recovery_learning_rate": 3e-4,
         "channel_keep": [0.5, 0.25],
