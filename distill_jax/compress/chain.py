@@ -116,6 +116,8 @@ class _Rows:
             "label": label,
             "kind": kind,
             "accuracy": test["accuracy"],
+            "nll": test["nll"],
+            "ece": test["ece"],
             "agreement": test.get("agreement"),
             "params": params,
             "nonzero_params": nonzero,
@@ -316,9 +318,10 @@ def markdown(report: dict[str, Any]) -> str:
     """The trade-off table: accuracy, size and speed of every compressed model."""
     meta = report["meta"]
     lines = [
-        f"| model | test acc % | agreement % | params | non-zero params | size on disk KiB "
+        f"| model | test acc % | NLL | ECE % | agreement % | params | non-zero params "
+        f"| size on disk KiB "
         f"| µs/example (batch {meta['latency_batch_size']}) | µs (batch 1) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         agree = (
@@ -327,7 +330,8 @@ def markdown(report: dict[str, Any]) -> str:
             else f"{100 * r['agreement']:.1f}"
         )
         lines.append(
-            f"| {r['label']} | {100 * r['accuracy']:.1f} | {agree} | {r['params']:,} "
+            f"| {r['label']} | {100 * r['accuracy']:.1f} | {r['nll']:.3f} | {100 * r['ece']:.1f} "
+            f"| {agree} | {r['params']:,} "
             f"| {r['nonzero_params']:,} | {r['disk_bytes'] / 1024:,.1f} "
             f"| {1e3 * r['latency_ms_per_example']:.2f} | {1e3 * r['latency_ms_batch1']:.1f} |"
         )
