@@ -360,32 +360,57 @@ _STYLE = {
 
 
 def plot(report: dict[str, Any], path: str) -> None:
-    """Test accuracy against size on disk (log scale), one marker style per kind of row."""
+    """Test accuracy against size on disk (log scale): every row, and a zoom on the top.
+
+    Rows of one kind (e.g. pruned + kd recovery at every sparsity) are joined by a line;
+    the dense, distilled and int8 rows are labelled.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    seen = set()
-    for r in report["rows"]:
-        color, marker = _STYLE.get(r["kind"], ("tab:purple", "."))
-        ax.scatter(
-            r["disk_bytes"] / 1024,
-            100 * r["accuracy"],
-            c=color,
-            marker=marker,
-            s=60,
-            label=None if r["kind"] in seen else r["kind"].replace("_", " + "),
-        )
-        seen.add(r["kind"])
-        ax.annotate(r["label"], (r["disk_bytes"] / 1024, 100 * r["accuracy"]), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("size on disk (KiB, savez_compressed)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Compression trade-off on {report['meta']['dataset']}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    rows = report["rows"]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    recovered = [100 * r["accuracy"] for r in rows if not r["label"].endswith("no recovery")]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax in axes:
+        for kind, members in by_kind.items():
+            color, marker = _STYLE.get(kind, ("tab:purple", "."))
+            members = sorted(members, key=lambda r: r["disk_bytes"])
+            x = [r["disk_bytes"] / 1024 for r in members]
+            y = [100 * r["accuracy"] for r in members]
+            joined = len(members) > 1 and kind not in ("dense", "int8", "chain")
+            ax.plot(
+                x,
+                y,
+                color=color,
+                marker=marker,
+                markersize=7,
+                linestyle="-" if joined else "none",
+                linewidth=1,
+                label=kind.replace("_", " + "),
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("size on disk (KiB, savez_compressed)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_title(f"Compression trade-off on {report['meta']['dataset']}: every row")
+    low = min(recovered) - 1.0
+    axes[1].set_ylim(low, max(recovered) + 0.5)
+    axes[1].set_title("zoom: recovered, int8 and dense rows")
+    for r in rows:
+        if r["kind"] in ("dense", "distilled", "int8", "chain"):
+            axes[1].annotate(
+                r["label"],
+                (r["disk_bytes"] / 1024, 100 * r["accuracy"]),
+                fontsize=7,
+                xytext=(4, -10),
+                textcoords="offset points",
+            )
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
