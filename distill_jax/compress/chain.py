@@ -178,6 +178,31 @@ def compress(
     say(f"distilled student: test accuracy {kd.test['accuracy']:.4f}")
     recovery = {"kd": teacher, "self": distilled, "hard": None}
 
+    def recover(name, label, kind, rec_config, start, prune=None, **extra):
+        """Fine-tunes `start` in every way `compression.recovery` lists, a row for each."""
+        done = {}
+        for how in c.recovery:
+            done[how] = fit(
+                rec_config,
+                os.path.join(workdir, f"{name}_{how}"),
+                role="student",
+                teacher=recovery[how],
+                compare_to=teacher,
+                init_from=start,
+                prune=prune,
+                desc=f"{name}_{how}",
+            )
+            result = done[how]
+            rows.add(
+                f"{label} + {how} recovery",
+                f"{kind}_{how}",
+                result.model,
+                result.variables,
+                **extra,
+            )
+            say(f"{name}_{how}: test accuracy {result.test['accuracy']:.4f}")
+        return done
+
     # -- 2. unstructured pruning, recovered with KD and/or hard labels -------------------
     rec_config = recovery_config(config)
     steps = _steps(rec_config, data)
@@ -188,26 +213,16 @@ def compress(
             "params": apply_masks(distilled.variables["params"], masks),
         }
         rows.add(f"pruned {s:.0%}, no recovery", "pruned", kd.model, pruned, sparsity=s)
-        for how in c.recovery:
-            name = f"pruned_{round(s * 100)}_{how}"
-            result = fit(
-                rec_config,
-                os.path.join(workdir, name),
-                role="student",
-                teacher=recovery[how],
-                compare_to=teacher,
-                init_from=distilled,
-                prune=prune_schedule(rec_config, s, steps),
-                desc=name,
-            )
-            rows.add(
-                f"pruned {s:.0%} + {how} recovery",
-                f"pruned_{how}",
-                result.model,
-                result.variables,
-                sparsity=s,
-            )
-            say(f"{name}: test accuracy {result.test['accuracy']:.4f}")
+        schedule = prune_schedule(rec_config, s, steps)
+        recover(
+            f"pruned_{round(s * 100)}",
+            f"pruned {s:.0%}",
+            "pruned",
+            rec_config,
+            distilled,
+            schedule,
+            sparsity=s,
+        )
 
     # -- 3. structured (channel) pruning -> a smaller dense student ----------------------
     student_cfg = config.student.model.to_dict()
@@ -226,28 +241,17 @@ def compress(
             f"channels {keep:.0%}, no recovery", "channels", small_model, small_vars, keep=keep
         )
         small_config = recovery_config(config, small_cfg)
-        for how in c.recovery:
-            name = f"channels_{round(keep * 100)}_{how}"
-            result = fit(
-                small_config,
-                os.path.join(workdir, name),
-                role="student",
-                teacher=recovery[how],
-                compare_to=teacher,
-                init_from=start,
-                desc=name,
-            )
-            rows.add(
-                f"channels {keep:.0%} + {how} recovery",
-                f"channels_{how}",
-                result.model,
-                result.variables,
-                keep=keep,
-                model_config=small_cfg,
-            )
-            say(f"{name}: test accuracy {result.test['accuracy']:.4f}")
-            if how == "kd" and shrunk_kd is None:
-                shrunk_kd = (keep, result.model, result.variables)
+        done = recover(
+            f"channels_{round(keep * 100)}",
+            f"channels {keep:.0%}",
+            "channels",
+            small_config,
+            start,
+            keep=keep,
+            model_config=small_cfg,
+        )
+        if "kd" in done and shrunk_kd is None:
+            shrunk_kd = (keep, done["kd"].model, done["kd"].variables)
 
     # -- 4. int8: PTQ, QAT with KD, and the whole chain ----------------------------------
     if c.int8 or c.qat_epochs:
