@@ -14,7 +14,6 @@ adds (regressors, embeddings, ...), and writes the table as JSON beside its Mark
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax.config import from_dict
+from distill_jax.config import from_dict, import_file
 from distill_jax.models import create_model
 from distill_jax.parallel import make_strategy
 from distill_jax.sweep import _pair_config
@@ -38,11 +37,7 @@ IMAGE_SHAPE, NUM_CLASSES, NUM_DATA = (32, 32, 3), 100, 50_000
 
 
 def _benchmark_config():
-    path = os.path.join(ROOT, "experiments", "cifar100", "config.py")
-    spec = importlib.util.spec_from_file_location("cifar100_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(os.path.join(ROOT, "experiments", "cifar100", "config.py"))
 
 
 def time_method(base, pair, label, spec, batch_size, steps):

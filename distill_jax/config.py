@@ -189,6 +189,23 @@ def from_dict(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     return config
 
 
+def import_file(path: str | os.PathLike, beside: str | None = None) -> Any:
+    """Imports a Python file as a module (config files share settings this way).
+
+    Args:
+        path: the file; relative paths are taken from the directory of `beside`.
+        beside: a file (typically the caller's `__file__`) whose directory `path` is in.
+    """
+    path = os.fspath(path)
+    if beside is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(beside)), path)
+    name = "_distill_jax_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -196,9 +213,7 @@ def _read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if path.endswith(".json"):
         with open(path) as f:
             return json.load(f)
-    spec = importlib.util.spec_from_file_location("_distill_jax_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
     return _to_plain(module.get_config())

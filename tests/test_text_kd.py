@@ -7,7 +7,6 @@ tests do the same with the TinyBERT objective and run the experiment's driver (`
 every setting, the table, embedding distillation) on the same tiny models.
 """
 
-import importlib.util
 import json
 import os
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from distill_jax.cli import main
+from distill_jax.config import import_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENT = os.path.join(HERE, "..", "experiments", "text_kd")
@@ -157,9 +157,7 @@ def test_text_kd_cli_tiny(data_dir, tmp_path, setting, teacher_layers, terms):
 
 @pytest.mark.slow
 def test_text_kd_driver_tiny(data_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("text_kd_run", os.path.join(EXPERIMENT, "run.py"))
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = import_file(os.path.join(EXPERIMENT, "run.py"))
     settings = run.load_settings(tiny(data_dir))
     from distill_jax.config import load_config
 

@@ -9,19 +9,11 @@ smallest pair of the zoo and CRD with 64 negatives instead of 16,384. Its accura
 nothing; it exists to show that every method of the benchmark trains end to end.
 """
 
-import importlib.util
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from distill_jax.config import import_file
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "cifar100_config", os.path.join(HERE, "config.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file("config.py", beside=__file__)
 
 
 def get_config():

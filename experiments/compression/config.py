@@ -14,17 +14,11 @@ and quantized to int8 (post-training, and quantization-aware training with KD fo
 epochs).
 """
 
-import importlib.util
-import os
-
-MNIST_KD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mnist_kd", "config.py")
+from distill_jax.config import import_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("mnist_kd_config", MNIST_KD)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = import_file("../mnist_kd/config.py", beside=__file__).get_config()
     config.run = {"seeds": 1, "scratch_aug": False}
     config.compression = {
         "sparsities": [0.5, 0.8, 0.9, 0.95, 0.98],

@@ -12,14 +12,9 @@ test docstrings; with the CLI the teacher is a `train` run's workdir:
 Result: see experiments/text_kd/README.md.
 """
 
-import importlib.util
-import os
+from distill_jax.config import import_file
 
-_spec = importlib.util.spec_from_file_location(
-    "text_kd_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-)
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = import_file("common.py", beside=__file__)
 
 
 def get_config():

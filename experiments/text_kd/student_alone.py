@@ -7,14 +7,9 @@ Command (seeds 0, 1, 2):
 Result: see the table in experiments/text_kd/README.md (measured by `run.py`).
 """
 
-import importlib.util
-import os
+from distill_jax.config import import_file
 
-_spec = importlib.util.spec_from_file_location(
-    "text_kd_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-)
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = import_file("common.py", beside=__file__)
 
 
 def get_config():
