@@ -111,14 +111,14 @@ def create_train_state(
         return state
     # A model that starts from pretrained weights (`Bert.init_from`, a Hugging Face
     # checkpoint) swaps them in here, outside jit, so that they never become constants
-    # of a compiled computation; the optimizer state is rebuilt for them.
-    params = jax.tree.map(jnp.asarray, initial_params(state.params))
-    opt_state = tx.init({"student": params, "methods": state.extra.get("params", {})})
-    return state.replace(params=params, opt_state=opt_state)
+    # of a compiled computation.
+    pretrained = {"params": initial_params(state.params), "batch_stats": state.batch_stats}
+    return _start_from(state, tx, pretrained)
 
 
 def _start_from(state: TrainState, tx: optax.GradientTransformation, variables: Any) -> TrainState:
-    """`state` with the given trained variables in place of its initialisation."""
+    """`state` with `variables` in place of its initialisation; the optimizer state is
+    rebuilt for them."""
     for collection, fresh in (("params", state.params), ("batch_stats", state.batch_stats)):
         given = variables.get(collection, {})
         want, got = jax.tree.map(jnp.shape, fresh), jax.tree.map(jnp.shape, given)
