@@ -1,22 +1,28 @@
-"""Compression beyond distillation: pruning and int8 quantization of the student."""
+"""Compression beyond distillation: pruning and int8 quantization of the student.
+
+The quantization names load `qwix` on first use, not when the package is imported: the
+train loop imports the pruning masks, and every run need not pay for qwix's import.
+"""
 
 from distill_jax.compress.prune import (
     PruneSchedule,
     apply_masks,
+    init_masks,
     magnitude_masks,
     prunable,
     prune_step,
     sparsity_of,
 )
-from distill_jax.compress.quantize import int8_rules, ptq, qat, stored_bytes
+
+_QUANTIZE = ("int8_rules", "ptq", "qat", "stored_bytes")
 
 
-def init_masks(params):
-    """All-True masks for `params` (nothing pruned yet): `TrainState.extra["masks"]`."""
-    import jax
-    import jax.numpy as jnp
+def __getattr__(name: str):
+    if name in _QUANTIZE:
+        from distill_jax.compress import quantize
 
-    return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+        return getattr(quantize, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

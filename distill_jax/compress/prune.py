@@ -79,6 +79,11 @@ def magnitude_masks(params: Any, sparsity: float | jax.Array, scope: str = "glob
     return jax.tree.unflatten(treedef, masks)
 
 
+def init_masks(params: Any) -> Any:
+    """All-True masks for `params` (nothing pruned yet): `TrainState.extra["masks"]`."""
+    return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+
+
 def apply_masks(params: Any, masks: Any) -> Any:
     """Parameters with the masked-out weights set to exactly zero."""
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)

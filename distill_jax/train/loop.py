@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from distill_jax import config as config_lib
 from distill_jax import data as data_lib
 from distill_jax import faults
-from distill_jax.compress import PruneSchedule, init_masks
+from distill_jax.compress.prune import PruneSchedule, init_masks
 from distill_jax.errors import CheckpointError, ConfigError, DivergenceError, Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.models import create_model
