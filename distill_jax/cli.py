@@ -316,10 +316,9 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from distill_jax.report import atomic_write
+
+    atomic_write(path, text)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def write_report(
         "md": os.path.join(workdir, "report.md"),
         "png": os.path.join(workdir, "learning_curves.png"),
     }
-    _atomic_write(paths["json"], json.dumps(report, indent=2))
+    atomic_write(paths["json"], json.dumps(report, indent=2))
     meta = report.get("meta", {})
     md = [
         f"# distill-jax report: {meta.get('dataset', '')}\n",
@@ -136,12 +136,13 @@ def write_report(
         markdown_table(report),
         "\n![learning curves](learning_curves.png)\n",
     ]
-    _atomic_write(paths["md"], "\n".join(md))
+    atomic_write(paths["md"], "\n".join(md))
     plot_learning_curves(curves, paths["png"])
     return paths
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file: a crash never leaves half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

@@ -43,6 +43,7 @@ from distill_jax.compress.channels import check_prunable, prune_channels
 from distill_jax.compress.prune import PruneSchedule, apply_masks, magnitude_masks
 from distill_jax.evaluation import Evaluator, measure_latency
 from distill_jax.models import create_model
+from distill_jax.report import atomic_write
 from distill_jax.train.loop import fit, load_data, load_teacher
 from distill_jax.train.state import Teacher
 
@@ -296,9 +297,9 @@ def compress(
         },
     }
     os.makedirs(workdir, exist_ok=True)
-    _atomic_write(os.path.join(workdir, "compression.json"), json.dumps(report, indent=2))
+    atomic_write(os.path.join(workdir, "compression.json"), json.dumps(report, indent=2))
     table = markdown(report)
-    _atomic_write(os.path.join(workdir, "compression.md"), table)
+    atomic_write(os.path.join(workdir, "compression.md"), table)
     plot(report, os.path.join(workdir, "compression.png"))
     say("\n" + table)
     return report
@@ -309,13 +310,6 @@ def _steps(config: ml_collections.ConfigDict, data) -> int:
 
     train = config.student.train
     return int(train.epochs * steps_per_epoch(len(data.train), train.batch_size))
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def markdown(report: dict[str, Any]) -> str:
