@@ -55,6 +55,15 @@ def hidden_and_attention(num_layers: int = 2) -> dict:
     }
 
 
+def distill_objective(num_layers: int = 2, hidden_attention: bool = False) -> dict:
+    """The `distill` section: `0.5 CE + 0.5 T^2 KL` at T = 2, plus (`hidden_attention`)
+    TinyBERT's hidden-state and attention terms for a student of `num_layers` blocks."""
+    losses = {"kd": dict(KD)}
+    if hidden_attention:
+        losses.update(hidden_and_attention(num_layers))
+    return {"alpha": 0.5, "temperature": 2.0, "losses": losses}
+
+
 def base_config(num_layers: int = 2) -> dict:
     """Everything but the distillation objective (`distill`), for a student of that depth."""
     train = {

@@ -19,12 +19,5 @@ common = import_file("common.py", beside=__file__)
 
 def get_config():
     config = common.base_config(4)
-    config["distill"] = {
-        "alpha": 0.5,
-        "temperature": 2.0,
-        "losses": {
-            "kd": dict(common.KD),
-            **common.hidden_and_attention(4),
-        },
-    }
+    config["distill"] = common.distill_objective(4, hidden_attention=True)
     return config
