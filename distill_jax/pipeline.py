@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from typing import Any
 
-import jax
 import ml_collections
 
 from distill_jax import config as config_lib
-from distill_jax.report import markdown_table, summarize, test_record, write_report
+from distill_jax.report import (
+    atomic_write,
+    markdown_table,
+    run_meta,
+    summarize,
+    test_record,
+    write_report,
+)
 from distill_jax.train.loop import fit, load_data, load_teacher, read_metrics
 
 
@@ -94,22 +99,20 @@ def run(
     say("[3/3] report")
     report = {
         "results": {name: summarize(records) for name, records in per_seed.items()},
-        "meta": {
-            "dataset": config.data.name,
-            "test_examples": len(data.test),
-            "seeds": seeds,
-            "wall_time_s": time.time() - t0,
-            "device": f"{jax.device_count()} x {jax.devices()[0].device_kind} "
-            f"({platform.processor() or platform.machine()})",
-            "jax_version": jax.__version__,
-            "teacher": teacher.identity,
-            "distill": config.distill.to_dict(),
-        },
+        "meta": run_meta(
+            config.data.name,
+            t0,
+            test_examples=len(data.test),
+            seeds=seeds,
+            teacher=teacher.identity,
+            distill=config.distill.to_dict(),
+        ),
     }
     # Written with the report, not at the start: a start that fails (say, on a workdir
     # holding runs of another config) must leave the workdir as it was.
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config_lib.to_dict(config), f, indent=2)
+    atomic_write(
+        os.path.join(workdir, "config.json"), json.dumps(config_lib.to_dict(config), indent=2)
+    )
     _merge_metrics(workdir, curves)
     paths = write_report(workdir, report, curves)
     say("\n" + markdown_table(report))
@@ -119,10 +122,10 @@ def run(
 
 def _merge_metrics(workdir: str, curves: dict[str, list[list[dict[str, Any]]]]) -> None:
     """All sub-runs' metrics in one metrics.jsonl, each record tagged with its run."""
-    tmp = os.path.join(workdir, "metrics.jsonl.tmp")
-    with open(tmp, "w") as f:
-        for name, seeds in curves.items():
-            for i, records in enumerate(seeds):
-                for r in records:
-                    f.write(json.dumps({"run": name, "seed_index": i, **r}) + "\n")
-    os.replace(tmp, os.path.join(workdir, "metrics.jsonl"))
+    lines = [
+        json.dumps({"run": name, "seed_index": i, **r}) + "\n"
+        for name, seeds in curves.items()
+        for i, records in enumerate(seeds)
+        for r in records
+    ]
+    atomic_write(os.path.join(workdir, "metrics.jsonl"), "".join(lines))

@@ -1,16 +1,26 @@
-"""The comparison report of `distill-jax run`: report.json, report.md and plots.
+"""Reports of the orchestrators (`run`, `sweep`, `compress`) and the one way they write files.
 
-Each entry (`teacher`, `student_scratch`, `student_scratch_aug`, `student_kd`) holds the
+Every orchestrator's report holds a `meta` block from `run_meta` (dataset, test examples,
+wall time, `device_description()`, jax version, plus its own keys) and is written by
+`write_outputs`: `<name>.json`, `<name>.md` and optionally a figure, each through a
+temporary file and a rename (`atomic_write`, `atomic_write_with`), so a crash never
+leaves half a file and a writer that raises leaves the previous outputs as they were.
+
+The comparison report of `distill-jax run` (report.json, report.md, learning_curves.png):
+each entry (`teacher`, `student_scratch`, `student_scratch_aug`, `student_kd`) holds the
 mean over seeds of every test metric (`test_accuracy`, `test_nll`, `ece`, `agreement`,
 ...), its standard deviation under `<metric>_std`, and the per-seed values under `seeds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+import platform
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,10 +118,99 @@ def markdown_table(report: dict[str, Any]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def device_description() -> str:
+    """The devices a report was produced on: `"<count> x <device kind> (<host machine>)"`,
+    e.g. `"8 x cpu (x86_64)"` or `"1 x NVIDIA H100 80GB HBM3 (x86_64)"`."""
+    import jax
+
+    return f"{jax.device_count()} x {jax.devices()[0].device_kind} ({platform.machine()})"
+
+
+def run_meta(dataset: str, started: float, *, test_examples: int, **extra: Any) -> dict[str, Any]:
+    """The `meta` block of every orchestrator's report.
+
+    Args:
+        dataset: the dataset's name.
+        started: `time.time()` when the orchestrator started (gives `wall_time_s`).
+        test_examples: the size of the test split the report evaluates on.
+        **extra: the orchestrator's own entries (teacher identity, its config section, ...),
+            after the common ones.
+
+    Returns:
+        `{"dataset", "test_examples", "wall_time_s", "device", "jax_version", **extra}`.
+    """
+    import jax
+
+    return {
+        "dataset": dataset,
+        "test_examples": test_examples,
+        "wall_time_s": time.time() - started,
+        "device": device_description(),
+        "jax_version": jax.__version__,
+        **extra,
+    }
+
+
+def describe_meta(meta: dict[str, Any]) -> str:
+    """One line under a table: dataset, test examples, device, jax version, wall time."""
+    return (
+        f"{meta['dataset']}, {meta['test_examples']} test examples; {meta['device']}, "
+        f"jax {meta['jax_version']}; wall time {meta['wall_time_s'] / 60:.1f} min."
+    )
+
+
+def write_outputs(
+    workdir: str,
+    name: str,
+    report: dict[str, Any],
+    markdown: str,
+    *,
+    plot: Callable[[str], None] | None = None,
+    plot_file: str | None = None,
+) -> dict[str, str]:
+    """Writes an orchestrator's outputs into `workdir`: `<name>.json`, `<name>.md`, a figure.
+
+    Every file is first written in full to a temporary file beside its target; only then
+    are they renamed over the targets. A writer that raises (a report that is not JSON, a
+    failing plot) therefore leaves the previous outputs as they were and no temporary file.
+
+    Args:
+        workdir: the orchestrator's directory (created if missing).
+        name: the stem of the JSON and Markdown files.
+        report: written as `<name>.json` (indented JSON).
+        markdown: written as `<name>.md`.
+        plot: `plot(path)` draws the figure into `path` (a PNG); none if omitted.
+        plot_file: the figure's file name (default `<name>.png`).
+
+    Returns:
+        The paths written, by kind (`json`, `md` and, with a plot, `png`).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    paths = {
+        "json": os.path.join(workdir, f"{name}.json"),
+        "md": os.path.join(workdir, f"{name}.md"),
+    }
+    writers = {"json": _text_writer(json.dumps(report, indent=2)), "md": _text_writer(markdown)}
+    if plot is not None:
+        paths["png"] = os.path.join(workdir, plot_file or f"{name}.png")
+        writers["png"] = plot
+    staged: list[tuple[str, str]] = []
+    try:
+        for kind, write in writers.items():
+            staged.append((_stage(paths[kind], write), paths[kind]))
+    except BaseException:
+        for tmp, _ in staged:
+            os.remove(tmp)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    return paths
+
+
 def write_report(
     workdir: str, report: dict[str, Any], curves: dict[str, list[list[dict[str, Any]]]]
 ) -> dict[str, str]:
-    """Writes report.json, report.md and learning_curves.png into `workdir`.
+    """Writes the `run` report: report.json, report.md and learning_curves.png.
 
     Args:
         workdir: the run's directory.
@@ -121,12 +220,6 @@ def write_report(
     Returns:
         The paths written, by kind.
     """
-    paths = {
-        "json": os.path.join(workdir, "report.json"),
-        "md": os.path.join(workdir, "report.md"),
-        "png": os.path.join(workdir, "learning_curves.png"),
-    }
-    atomic_write(paths["json"], json.dumps(report, indent=2))
     meta = report.get("meta", {})
     md = [
         f"# distill-jax report: {meta.get('dataset', '')}\n",
@@ -136,17 +229,50 @@ def write_report(
         markdown_table(report),
         "\n![learning curves](learning_curves.png)\n",
     ]
-    atomic_write(paths["md"], "\n".join(md))
-    plot_learning_curves(curves, paths["png"])
-    return paths
+    return write_outputs(
+        workdir,
+        "report",
+        report,
+        "\n".join(md),
+        plot=lambda path: plot_learning_curves(curves, path),
+        plot_file="learning_curves.png",
+    )
 
 
 def atomic_write(path: str, text: str) -> None:
     """Writes `text` to `path` through a temporary file: a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_with(path, _text_writer(text))
+
+
+def atomic_write_with(path: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path`.
+
+    The temporary file keeps the extension of `path` (`plot.tmp.png`), for writers that
+    choose the format by it (matplotlib's `savefig`). If `write` raises, `path` is left as
+    it was and the temporary file is removed.
+    """
+    os.replace(_stage(path, write), path)
+
+
+def _text_writer(text: str) -> Callable[[str], None]:
+    def write(path: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    return write
+
+
+def _stage(path: str, write: Callable[[str], None]) -> str:
+    """Runs `write` on a temporary path beside `path` and returns it (removed on failure)."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{ext}"
+    try:
+        write(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return tmp
 
 
 def _curve(records: list[dict[str, Any]], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:

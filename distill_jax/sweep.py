@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import ml_collections
 import numpy as np
 
 from distill_jax import config as config_lib
+from distill_jax.report import describe_meta, run_meta, write_outputs
 from distill_jax.train.loop import fit, load_teacher
 
 
@@ -54,6 +56,8 @@ def sweep(
 ) -> dict[str, Any]:
     """Runs the grid and writes `sweep.json` and `sweep.md` into `workdir`.
 
+    The table ends with a line from the report's `meta` block (dataset, device, wall time).
+
     Args:
         config: the validated config with a `sweep` section.
         workdir: where every run of the grid lives (`<pair>/<method>/seed_<s>/`).
@@ -62,8 +66,9 @@ def sweep(
         verbose: print a line per finished run and the final table.
 
     Returns:
-        `{"rows": [...], "runs": [...]}` as written to sweep.json.
+        `{"rows": [...], "runs": [...], "seeds": n, "meta": {...}}` as written to sweep.json.
     """
+    started = time.time()
     say = print if verbose else (lambda *a, **k: None)
     all_methods = config.sweep.methods.to_dict()
     pairs = list(pairs or config.sweep.pairs)
@@ -86,7 +91,7 @@ def sweep(
         with open(config.sweep.published) as f:
             published = json.load(f)
 
-    runs, rows = [], []
+    runs, rows, test_examples = [], [], None
     for pair in pairs:
         pair_dir = os.path.join(workdir, pair.replace(":", "_to_"))
         teacher_dir = os.path.join(pair_dir, "teacher")
@@ -97,6 +102,7 @@ def sweep(
             desc=f"{pair} teacher",
         )
         teacher = load_teacher(teacher_dir, config.teacher.checkpoint)
+        test_examples = teacher_fit.test["count"]  # every pair is tested on the same split
         say(f"{pair}: teacher test accuracy {teacher_fit.test['accuracy']:.4f}")
         rows.append(_row(pair, "teacher", [_record(teacher_fit, config.seed)], published))
         for method in methods:
@@ -121,13 +127,10 @@ def sweep(
                     f"last {records[-1]['last']:.4f}"
                 )
             rows.append(_row(pair, method, records, published))
-    report = {"rows": rows, "runs": runs, "seeds": seeds}
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    table = markdown(rows, seeds)
-    with open(os.path.join(workdir, "sweep.md"), "w") as f:
-        f.write(table)
+    meta = run_meta(config.data.name, started, test_examples=test_examples)
+    report = {"rows": rows, "runs": runs, "seeds": seeds, "meta": meta}
+    table = markdown(rows, seeds) + "\n" + describe_meta(meta) + "\n"
+    write_outputs(workdir, "sweep", report, table)
     say("\n" + table)
     return report
 

@@ -26,9 +26,7 @@ and `compression.png` (accuracy against size on disk).
 from __future__ import annotations
 
 import io
-import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +41,7 @@ from distill_jax.compress.channels import check_prunable, prune_channels
 from distill_jax.compress.prune import PruneSchedule, apply_masks, magnitude_masks
 from distill_jax.evaluation import Evaluator, measure_latency
 from distill_jax.models import create_model
-from distill_jax.report import atomic_write
+from distill_jax.report import describe_meta, run_meta, write_outputs
 from distill_jax.train.loop import fit, load_data, load_teacher
 from distill_jax.train.state import Teacher
 
@@ -285,22 +283,17 @@ def compress(
 
     report = {
         "rows": rows.rows,
-        "meta": {
-            "dataset": info.name,
-            "test_examples": len(data.test),
-            "wall_time_s": time.time() - t_start,
-            "device": f"{jax.devices()[0].device_kind} ({platform.machine()})",
-            "jax_version": jax.__version__,
-            "latency_batch_size": config.eval.latency_batch_size,
-            "teacher": teacher.identity,
-            "compression": config.compression.to_dict(),
-        },
+        "meta": run_meta(
+            info.name,
+            t_start,
+            test_examples=len(data.test),
+            latency_batch_size=config.eval.latency_batch_size,
+            teacher=teacher.identity,
+            compression=config.compression.to_dict(),
+        ),
     }
-    os.makedirs(workdir, exist_ok=True)
-    atomic_write(os.path.join(workdir, "compression.json"), json.dumps(report, indent=2))
     table = markdown(report)
-    atomic_write(os.path.join(workdir, "compression.md"), table)
-    plot(report, os.path.join(workdir, "compression.png"))
+    write_outputs(workdir, "compression", report, table, plot=lambda path: plot(report, path))
     say("\n" + table)
     return report
 
@@ -333,11 +326,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['nonzero_params']:,} | {r['disk_bytes'] / 1024:,.1f} "
             f"| {1e3 * r['latency_ms_per_example']:.2f} | {1e3 * r['latency_ms_batch1']:.1f} |"
         )
-    lines += [
-        "",
-        f"{meta['dataset']}, {meta['test_examples']} test examples; {meta['device']}, "
-        f"jax {meta['jax_version']}; wall time {meta['wall_time_s'] / 60:.1f} min.",
-    ]
+    lines += ["", describe_meta(meta)]
     return "\n".join(lines) + "\n"
 
 
