@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from conftest import tiny_overrides
+from test_report import assert_common_meta
 
 from distill_jax.cli import main
 
@@ -29,15 +30,22 @@ def test_run_writes_the_report(data_dir, tmp_path, capsys):
             assert entry["n_seeds"] == 2 and len(entry["seeds"]) == 2
             assert "agreement" in entry and "test_accuracy_std" in entry
     assert results["teacher"]["params"] > results["student_kd"]["params"]
+    assert_common_meta(report["meta"])
+    assert report["meta"]["seeds"] == 2 and "distill" in report["meta"]
     # Seeds differ, so the per-seed results do too.
     accs = [s["test_accuracy"] for s in results["student_kd"]["seeds"]]
     nlls = [s["test_nll"] for s in results["student_kd"]["seeds"]]
     assert accs[0] != accs[1] or nlls[0] != nlls[1]
     md = (workdir / "report.md").read_text()
     assert "student distilled" in md and "± " in md
+    assert f"on {report['meta']['device']}." in md
     assert (workdir / "learning_curves.png").stat().st_size > 10_000
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert {r["run"] for r in records} == set(results)
+    assert {"teacher", "student", "distill"} <= set(
+        json.loads((workdir / "config.json").read_text())
+    )
+    assert not list(workdir.glob("*.tmp*"))
     assert "student distilled" in capsys.readouterr().out
     # Running again resumes every finished sub-run instead of training it again.
     mtime = os.path.getmtime(workdir / "teacher" / "metrics.jsonl")

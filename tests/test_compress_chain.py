@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from conftest import tiny_overrides
+from test_report import assert_common_meta
 
 from distill_jax.cli import main
 from distill_jax.compress import sparsity_of
@@ -73,6 +74,10 @@ def test_compress_chain_end_to_end(data_dir, tmp_path, capsys):
     md = (workdir / "compression.md").read_text()
     assert "| channels 50% + kd recovery, int8 |" in md
     assert (workdir / "compression.png").stat().st_size > 10_000
+    assert_common_meta(report["meta"])
+    assert {"latency_batch_size", "teacher", "compression"} <= set(report["meta"])
+    assert f"; {report['meta']['device']}, jax " in md
+    assert not list(workdir.glob("*.tmp*"))
 
 
 def test_recovery_keeps_the_target_sparsity_and_its_masks(tiny_config, tmp_path):

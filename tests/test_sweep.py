@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from test_report import assert_common_meta
 
 from distill_jax.cli import main
 from distill_jax.config import load_config
@@ -39,6 +40,9 @@ def _check_report(workdir, methods):
         assert 0.0 <= r["best"] <= 1.0 and 0.0 <= r["last"] <= 1.0
     md = (workdir / "sweep.md").read_text()
     assert all(f"| {m} |" in md for m in methods)
+    assert_common_meta(report["meta"])
+    assert report["meta"]["device"] in md.splitlines()[-1]
+    assert not list(workdir.glob("*.tmp*"))
     return report
 
 
