@@ -24,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.config import from_dict, import_file
-from distill_jax.models import create_model
-from distill_jax.parallel import make_strategy
+from distill_jax.models import count_params, create_model
 from distill_jax.sweep import _pair_config
-from distill_jax.train.loop import _build_objective
+from distill_jax.tasks import Classification
+from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher
 from distill_jax.train.optim import make_optimizer
-from distill_jax.train.state import Teacher, count_params, create_train_state
+from distill_jax.train.setup import build_objective
+from distill_jax.train.state import create_train_state
 from distill_jax.train.steps import frozen_inputs, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,33 +46,20 @@ def time_method(base, pair, label, spec, batch_size, steps):
     cfg = config.to_dict()
     cfg["student"]["train"]["batch_size"] = batch_size
     config = from_dict(cfg)
-    strategy = make_strategy("jit", jax.devices()[:1])
     student = create_model(config.student.model, NUM_CLASSES)
     teacher_model = create_model(config.teacher.model, NUM_CLASSES)
     teacher_vars = jax.jit(lambda k: teacher_model.init(k, jnp.zeros((1, *IMAGE_SHAPE))))(
         jax.random.PRNGKey(1)
     )
-    teacher = Teacher(teacher_model, teacher_vars, {})
-    tx, _ = make_optimizer(config.student.train, NUM_DATA // batch_size)
     with_teacher = spec.get("teacher", True)
-    objective, init_extra = (None, None)
-    if with_teacher:
-        objective, init_extra = _build_objective(
-            config, student, teacher, IMAGE_SHAPE, NUM_DATA, strategy
-        )
-    state = create_train_state(student, tx, IMAGE_SHAPE, 0, init_extra)
-    step = jax.jit(
-        make_train_step(
-            student,
-            tx,
-            teacher_model=teacher_model if with_teacher else None,
-            objective=objective,
-            alpha=config.distill.alpha,
-            translate=4,
-            flip=True,
-        ),
-        donate_argnums=(0,),
+    source = OnlineTeacher(Teacher(teacher_model, teacher_vars, {})) if with_teacher else None
+    tx, _ = make_optimizer(config.student.train, NUM_DATA // batch_size)
+    task = Classification(translate=4, flip=True)
+    objective, init_methods = build_objective(
+        config, "student", task, student, source or NoTeacher(), IMAGE_SHAPE, NUM_DATA
     )
+    state = create_train_state(student, tx, IMAGE_SHAPE, 0, init_methods)
+    step = jax.jit(make_train_step(student, tx, objective, teacher=source), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8),
@@ -90,7 +78,7 @@ def time_method(base, pair, label, spec, batch_size, steps):
         state, metrics = step(state, frozen, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
-    extra = count_params(state.extra.get("params", {})) if state.extra else 0
+    extra = count_params(state.methods)
     return {
         "method": label,
         "ms_per_step": 1e3 * float(np.median(times)),

@@ -49,10 +49,13 @@ import numpy as np  # noqa: E402
 
 from distill_jax import data as data_lib  # noqa: E402
 from distill_jax.models import create_model  # noqa: E402
+from distill_jax.objective import Objective  # noqa: E402
 from distill_jax.parallel import make_strategy  # noqa: E402
-from distill_jax.train.optim import make_optimizer  # noqa: E402
+from distill_jax.tasks import Classification  # noqa: E402
+from distill_jax.teachers import CachedTeacher, OnlineTeacher, Teacher  # noqa: E402
+from distill_jax.train.optim import make_optimizer, scale_by_lr_scale  # noqa: E402
 from distill_jax.train.state import create_student_states, create_train_state  # noqa: E402
-from distill_jax.train.steps import frozen_inputs, make_train_step  # noqa: E402
+from distill_jax.train.steps import Students, frozen_inputs, make_train_step  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,7 +170,8 @@ def time_case(
     student = create_model(pair["student"], classes, dtype=dtype, axis_name=axis)
     teacher = create_model(pair["teacher"], classes, dtype=dtype)
     train = dict(TRAIN, batch_size=batch)
-    tx, schedule = make_optimizer(train, len(split) // batch)
+    transforms = [scale_by_lr_scale()] if students else []
+    tx, schedule = make_optimizer(train, len(split) // batch, transforms)
     teacher_vars = None
     if mode == "kd":
         teacher_vars = jax.jit(lambda k: teacher.init(k, jnp.zeros((1, *shape))))(
@@ -178,25 +182,26 @@ def time_case(
             teacher_vars["params"] = jax.tree.map(
                 lambda x: x.astype(jnp.bfloat16), teacher_vars["params"]
             )
-    cache = None
+    source = None
+    if mode == "kd":
+        source = OnlineTeacher(Teacher(teacher, teacher_vars, {}))
     if mode == "cached":
-        cache = {"values": np.random.default_rng(1).normal(size=(len(split), 1, classes))}
-        cache["values"] = cache["values"].astype(np.float32)
+        values = np.random.default_rng(1).normal(size=(len(split), 1, classes))
+        source = CachedTeacher(values.astype(np.float32), None, 0, 1, len(split) // batch)
+    objective = Objective(
+        {"alpha": 0.1, "temperature": 4.0, "losses": {}},
+        task=Classification(translate=4, flip=True),
+        distilling=source is not None,
+    )
     step_fn = make_train_step(
         student,
         tx,
-        teacher_model=teacher if mode == "kd" else None,
-        alpha=0.1,
-        temperature=4.0,
-        translate=4,
-        flip=True,
-        schedule=schedule,
-        axis_name=axis,
+        objective,
+        teacher=source,
+        students=Students(students, students_by) if students else None,
         data_seed=0,
-        students=students,
-        students_by=students_by,
-        cache=None if cache is None else {"seed": 0, "views": 1, "top_k": 0},
-        steps_per_epoch=len(split) // batch,
+        axis_name=axis,
+        schedule=schedule,
     )
     if students:
         hparams = {"alpha": 0.1, "temperature": 4.0, "learning_rate": train["learning_rate"]}
@@ -205,12 +210,12 @@ def time_case(
     else:
         state = create_train_state(student, tx, shape, 0)
     state = strategy.put_replicated(state)
+    arrays = None if source is None else source.arrays()
     frozen = frozen_inputs(
-        None if teacher_vars is None else strategy.put_replicated(teacher_vars),
+        None if arrays is None else strategy.put_replicated(arrays),
         data=None
         if host_input
         else strategy.put_replicated({"image": split.images, "label": split.labels}),
-        cache=None if cache is None else strategy.put_replicated(cache),
     )
     ds = data_lib.train_dataset(split, batch, seed=0, indices_only=not host_input)
     batches = data_lib.iterate(ds, 0)

@@ -335,14 +335,15 @@ def _choice(value: Any, choices: Sequence[str], key: str) -> None:
 
 
 def _positive(value: Any, key: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    # Written so that NaN fails too (every comparison with NaN is False).
+    if not (value >= 0 if allow_zero else value > 0):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 def validate(cfg: dict[str, Any]) -> None:
     """Checks types, choices and ranges of a merged config, in place (ints become floats)."""
-    from distill_jax.losses.objective import validate_losses
     from distill_jax.models import validate_model_config
+    from distill_jax.objective import validate_losses
 
     defaults = default_config()
     for k in defaults:
@@ -376,7 +377,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if t["warmup_epochs"] >= t["epochs"]:
             raise ConfigError(f"{key}.warmup_epochs must be < {key}.epochs")
     d = cfg["distill"]
-    if not 0.0 <= d["alpha"] <= 1.0:
+    if not 0.0 <= d["alpha"] <= 1.0:  # NaN fails too
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
     _positive(d["temperature"], "distill.temperature")
     _positive(cfg["run"]["seeds"], "run.seeds")
@@ -428,8 +429,8 @@ def _validate_vmap(vmap: dict[str, Any]) -> None:
 
 
 def _validate_sweep(sweep: dict[str, Any]) -> None:
-    from distill_jax.losses.objective import validate_losses
     from distill_jax.models import get_model_class
+    from distill_jax.objective import validate_losses
 
     for pair in sweep["pairs"]:
         if not isinstance(pair, str) or pair.count(":") != 1:

@@ -9,6 +9,7 @@ KL(teacher || student) at T=1.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -18,17 +19,35 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from distill_jax import data as data_lib
+from distill_jax.models import count_params
 from distill_jax.parallel import AXIS, create_mesh
-from distill_jax.train.state import Teacher, count_params
-from distill_jax.train.steps import make_eval_step
+from distill_jax.tasks import Classification, Task
+from distill_jax.teachers import Teacher
+
+Batch = dict[str, jax.Array]
 
 
-def ece_from_bins(count_K: np.ndarray, conf_K: np.ndarray, correct_K: np.ndarray) -> float:
-    """Expected calibration error from per-bin sums: sum_k n_k/N |acc_k - conf_k|."""
-    total = count_K.sum()
-    if total == 0:
-        return 0.0
-    return float(np.sum(np.abs(correct_K - conf_K)) / total)
+def make_eval_step(
+    model: nn.Module, task: Task, *, teacher_model: nn.Module | None = None
+) -> Callable[[Any, Any, Batch], dict[str, jax.Array]]:
+    """Builds `eval_step(variables, teacher_vars, batch) -> sums` for exact evaluation.
+
+    The step returns the task's *sums* over the unmasked rows of the batch (padding rows
+    have `mask == False`), which the caller adds up over all batches in float64; for
+    classification: `count`, `correct`, `nll`, the per-bin `ece_count`/`ece_conf`/
+    `ece_correct` (confidence histogram of the expected calibration error), and with a
+    teacher `agree` (top-1 agreement) and `kl` (KL(teacher || student) at T=1).
+    """
+
+    def eval_step(variables: Any, teacher_vars: Any, batch: Batch) -> dict[str, jax.Array]:
+        inputs = task.prepare(batch["image"])
+        logits, _ = model.apply(variables, inputs, train=False)
+        teacher_logits = None
+        if teacher_model is not None:
+            teacher_logits, _ = teacher_model.apply(teacher_vars, inputs, train=False)
+        return task.eval_sums(logits, batch["label"], batch["mask"], teacher_logits)
+
+    return eval_step
 
 
 class Evaluator:
@@ -36,9 +55,9 @@ class Evaluator:
 
     Args:
         model: the model to evaluate (BatchNorm in inference mode, no pmap axis).
+        task: what the metrics are (default: classification with 15 ECE bins).
         teacher: the teacher to compare against (agreement, KL), or None.
         batch_size: evaluation batch size (rounded up to a multiple of the devices).
-        ece_bins: number of equal-width confidence bins for the ECE.
         devices: the devices to shard the batch over (default: this process's; in a
             multi-process run every process evaluates the whole split on its own devices).
     """
@@ -47,21 +66,20 @@ class Evaluator:
         self,
         model: nn.Module,
         *,
+        task: Task | None = None,
         teacher: Teacher | None = None,
         batch_size: int = 500,
-        ece_bins: int = 15,
         devices: list | None = None,
     ):
         self.mesh = create_mesh(jax.local_devices() if devices is None else devices)
         n = self.mesh.devices.size
         self.batch_size = -(-batch_size // n) * n
+        self.task = Classification() if task is None else task
         self.teacher = teacher
         self._teacher_vars = None if teacher is None else self._replicate(teacher.variables)
         self._step = jax.jit(
             make_eval_step(
-                model,
-                teacher_model=None if teacher is None else teacher.model,
-                ece_bins=ece_bins,
+                model, self.task, teacher_model=None if teacher is None else teacher.model
             )
         )
 
@@ -72,7 +90,8 @@ class Evaluator:
         """Evaluates `variables` on every example of `split`.
 
         Returns:
-            `accuracy`, `nll`, `ece`, `count`, and with a teacher `agreement`, `kl`.
+            The task's metrics; for classification `accuracy`, `nll`, `ece`, `count`,
+            and with a teacher `agreement`, `kl`.
         """
         variables = self._replicate(variables)
         sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
@@ -82,17 +101,7 @@ class Evaluator:
             sums = self._step(variables, self._teacher_vars, batch)
             for k, v in jax.device_get(sums).items():
                 totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
-        n = float(totals["count"])
-        out = {
-            "count": int(n),
-            "accuracy": float(totals["correct"] / n),
-            "nll": float(totals["nll"] / n),
-            "ece": ece_from_bins(totals["ece_count"], totals["ece_conf"], totals["ece_correct"]),
-        }
-        if self.teacher is not None:
-            out["agreement"] = float(totals["agree"] / n)
-            out["kl"] = float(totals["kl"] / n)
-        return out
+        return self.task.reduce(totals, with_teacher=self.teacher is not None)
 
 
 def flops_per_example(model: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> float:

@@ -28,13 +28,17 @@ from distill_jax.report import (
 from distill_jax.train.loop import fit, load_data, load_teacher, read_metrics
 
 
-def student_runs(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-    """The student variants of a run, as keyword arguments of `fit`."""
-    runs: dict[str, dict[str, Any]] = {"student_scratch": {}}
+def student_runs(
+    config: ml_collections.ConfigDict,
+) -> dict[str, tuple[ml_collections.ConfigDict, bool]]:
+    """The student variants of a run: each one's config and whether it is distilled."""
+    runs = {"student_scratch": (config, False)}
     teacher_jitter = config.teacher.train.translate
     if config.run.scratch_aug and teacher_jitter > config.student.train.translate:
-        runs["student_scratch_aug"] = {"translate": teacher_jitter}
-    runs["student_kd"] = {"distill": True}
+        cfg = config_lib.to_dict(config)
+        cfg["student"]["train"]["translate"] = teacher_jitter
+        runs["student_scratch_aug"] = (config_lib.from_dict(cfg), False)
+    runs["student_kd"] = (config, True)
     return runs
 
 
@@ -76,19 +80,18 @@ def run(
     per_seed["teacher"].append(test_record(teacher_fit.test, config.seed, teacher_dir))
     runs = student_runs(config)
     say(f"[2/3] students: {', '.join(runs)} x {seeds} seed(s)")
-    for name, kwargs in runs.items():
+    for name, (student_config, distilled) in runs.items():
         per_seed[name], curves[name] = [], []
         for i in range(seeds):
             seed = config.seed + i
             sub = os.path.join(workdir, name, f"seed_{seed}")
             result = fit(
-                config,
+                student_config,
                 sub,
                 role="student",
                 seed=seed,
-                teacher=teacher if kwargs.get("distill") else None,
+                teacher=teacher if distilled else None,
                 compare_to=teacher,
-                translate=kwargs.get("translate"),
                 overwrite=overwrite,
                 desc=f"{name} seed {seed}",
             )

@@ -10,10 +10,11 @@ import pytest
 
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model
-from distill_jax.train.checkpointing import Checkpointer
+from distill_jax.teachers import Teacher
+from distill_jax.train.checkpointing import Checkpointer, saved_state_keys
 from distill_jax.train.loop import fit, load_teacher
 from distill_jax.train.optim import make_optimizer
-from distill_jax.train.state import Teacher, create_train_state
+from distill_jax.train.state import create_train_state
 
 
 def _state(seed=0):
@@ -109,3 +110,51 @@ def test_teacher_restored_read_only_and_checked(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="class-count mismatch"):
         fit(config, str(tmp_path / "student"), role="student", teacher=wrong)
     assert not os.path.exists(tmp_path / "student")
+
+
+def _rewrite_in_old_layout(workdir, extra):
+    """Rewrites a run's checkpoints as distill-jax wrote them before the typed TrainState:
+    the same arrays, with an untyped `extra` dict in place of methods/memory/hparams."""
+    ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+    steps = ckpt.all_steps()
+    saved = [(s, *ckpt.restore(s)) for s in steps]
+    ckpt.close()
+    shutil.rmtree(workdir / "checkpoints")
+    ckpt = Checkpointer(workdir / "checkpoints", keep=20)
+    for step, raw, metadata in saved:
+        old = {k: raw[k] for k in ("step", "params", "batch_stats", "opt_state", "rng")}
+        old["extra"] = extra(raw)
+        ckpt.save(step, old, {k: v for k, v in metadata.items() if k not in ("step", "metrics")})
+    ckpt.wait()
+    ckpt.finalize()
+    ckpt.close()
+
+
+def test_a_workdir_from_before_the_typed_state_fails_with_what_to_do(tiny_config, tmp_path, capsys):
+    """A pruned run of the old layout kept its masks in `TrainState.extra`: resuming it
+    would lose them, so the run stops with one line saying what to do, and the workdir is
+    left as it was."""
+    from distill_jax.cli import main
+
+    config = tiny_config()
+    fit(config, str(tmp_path / "run"), role="teacher")
+    masks = lambda raw: {"masks": jax.tree.map(lambda p: np.ones(p.shape, bool), raw["params"])}  # noqa: E731
+    _rewrite_in_old_layout(tmp_path / "run", masks)
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    config_json = (tmp_path / "run" / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match="written by an older distill-jax") as e:
+        fit(config, str(tmp_path / "run"), role="teacher")
+    message = str(e.value)
+    assert "\n" not in message and "--overwrite" in message
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+    assert (tmp_path / "run" / "config.json").read_bytes() == config_json
+    # Through the CLI: one line, exit code 2; --overwrite starts the run again.
+    from conftest import tiny_overrides
+
+    args = [f"--config.{o}" for o in tiny_overrides(str(config.data.data_dir))]
+    assert main(["train", "--workdir", str(tmp_path / "run"), *args]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "distill-jax" in line]
+    assert len(err) == 1 and err[0].startswith("distill-jax: error: the checkpoints in ")
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--overwrite", *args]) == 0
+    assert "extra" not in saved_state_keys(str(tmp_path / "run" / "checkpoints"))

@@ -10,6 +10,7 @@ from test_report import assert_common_meta
 from distill_jax.cli import main
 from distill_jax.compress import sparsity_of
 from distill_jax.compress.chain import disk_bytes, prune_schedule, recovery_config
+from distill_jax.compress.stage import stage
 from distill_jax.errors import ConfigError
 from distill_jax.train.loop import fit, load_teacher
 
@@ -87,7 +88,8 @@ def test_recovery_keeps_the_target_sparsity_and_its_masks(tiny_config, tmp_path)
     rec = recovery_config(config)
     schedule = prune_schedule(rec, 0.75, steps=40)
     assert schedule.end_step == 20 and schedule.every == 10  # ramp over half the steps
-    result = fit(rec, str(tmp_path / "pruned"), role="student", init_from=dense, prune=schedule)
+    pruned = stage(init_from=dense, prune=schedule)
+    result = fit(rec, str(tmp_path / "pruned"), role="student", variant=pruned)
     n = 64 * 32 + 32 * 10
     assert sparsity_of(result.variables["params"]) == np.floor(0.75 * n) / n
     # Starting variables of another architecture are refused with the shapes.
@@ -96,8 +98,9 @@ def test_recovery_keeps_the_target_sparsity_and_its_masks(tiny_config, tmp_path)
             recovery_config(config, {"name": "mlp", "hidden": [8]}),
             str(tmp_path / "bad"),
             role="student",
-            init_from=dense,
+            variant=stage(init_from=dense),
         )
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_disk_bytes_shrink_with_zeros_and_int8():

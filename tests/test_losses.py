@@ -9,17 +9,24 @@ import pytest
 from jax.test_util import check_grads
 
 from distill_jax.errors import ConfigError
-from distill_jax.losses import (
-    LOSSES,
-    cross_entropy,
-    distillation_loss,
-    get_loss,
-    kd_loss,
-    masked_mean,
-)
+from distill_jax.losses import LOSSES, cross_entropy, kd_loss, masked_mean
+from distill_jax.objective import Objective
 
 B, C = 8, 10
 TEMPERATURES = [1.0, 2.0, 4.0, 20.0]
+
+
+def hinton(s_BC, t_BC, labels_B, *, alpha, temperature, label_smoothing=0.0, mask_B=None):
+    """Hinton's objective through the training path: the `Objective` of an empty
+    `distill.losses` (`alpha * CE + (1 - alpha) * KD(T)`)."""
+    objective = Objective(
+        {"alpha": alpha, "temperature": temperature, "losses": {}},
+        label_smoothing=label_smoothing,
+    )
+    batch = {"label": jnp.asarray(labels_B), "mask": mask_B}
+    student, teacher = {"logits": jnp.asarray(s_BC)}, {"logits": jnp.asarray(t_BC)}
+    loss, terms, _ = objective({}, {}, student, teacher, batch, jax.random.PRNGKey(0))
+    return loss, terms
 
 
 # ---------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def test_teacher_receives_zero_gradient(batch):
     assert np.all(np.asarray(grad_t_BC) == 0.0)
 
     def total(s_BC, t_BC):
-        return distillation_loss(s_BC, t_BC, labels_B, alpha=0.3, temperature=4.0)[0]
+        return hinton(s_BC, t_BC, labels_B, alpha=0.3, temperature=4.0)[0]
 
     grad_s_BC, grad_t_BC = jax.grad(total, argnums=(0, 1))(student_BC, teacher_BC)
     assert np.all(np.asarray(grad_t_BC) == 0.0)
@@ -274,8 +281,8 @@ def test_padded_garbage_rows_do_not_change_result(batch):
     np.testing.assert_allclose(
         cross_entropy(s_BC, y_B, mask_B=mask_B), cross_entropy(student_BC, labels_B), rtol=1e-6
     )
-    loss, _ = distillation_loss(s_BC, t_BC, y_B, alpha=0.5, temperature=4.0, mask_B=mask_B)
-    want, _ = distillation_loss(student_BC, teacher_BC, labels_B, alpha=0.5, temperature=4.0)
+    loss, _ = hinton(s_BC, t_BC, y_B, alpha=0.5, temperature=4.0, mask_B=mask_B)
+    want, _ = hinton(student_BC, teacher_BC, labels_B, alpha=0.5, temperature=4.0)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
 
 
@@ -287,14 +294,14 @@ def test_all_false_mask_gives_zero(batch):
 
 
 # ---------------------------------------------------------------------------
-# distillation_loss, registry, validation.
+# Hinton's objective (through `Objective`), registry, validation.
 # ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_distillation_loss_combines_terms(batch, alpha):
+def test_hinton_objective_combines_terms(batch, alpha):
     student_BC, teacher_BC, labels_B = batch
-    loss, terms = distillation_loss(
+    loss, terms = hinton(
         student_BC, teacher_BC, labels_B, alpha=alpha, temperature=4.0, label_smoothing=0.1
     )
     assert set(terms) == {"ce", "kd"}
@@ -307,41 +314,50 @@ def test_distillation_loss_combines_terms(batch, alpha):
         np.testing.assert_allclose(loss, ce, rtol=1e-6)
 
 
-def test_distillation_loss_jits_with_traced_schedule(batch):
+def test_objective_takes_traced_per_student_hyperparameters(batch):
+    """A vmapped student's alpha and T arrive traced (`TrainState.hparams`) and replace
+    the config's in Hinton's objective."""
     student_BC, teacher_BC, labels_B = batch
+    objective = Objective({"alpha": 0.9, "temperature": 7.0, "losses": {}})
+    batch_ = {"label": jnp.asarray(labels_B), "mask": None}
 
     @jax.jit
     def f(alpha, temperature):
-        return distillation_loss(
-            student_BC, teacher_BC, labels_B, alpha=alpha, temperature=temperature
-        )[0]
+        hparams = {"alpha": alpha, "temperature": temperature}
+        s, t = {"logits": student_BC}, {"logits": teacher_BC}
+        return objective({}, {}, s, t, batch_, jax.random.PRNGKey(0), hparams=hparams)[0]
 
-    want, _ = distillation_loss(student_BC, teacher_BC, labels_B, alpha=0.4, temperature=2.0)
+    want, _ = hinton(student_BC, teacher_BC, labels_B, alpha=0.4, temperature=2.0)
     np.testing.assert_allclose(f(0.4, 2.0), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
-def test_bad_alpha_raises(batch, alpha):
-    student_BC, teacher_BC, labels_B = batch
+def test_bad_alpha_raises(alpha):
+    from distill_jax.config import from_dict
+
     with pytest.raises(ConfigError, match="distill.alpha"):
-        distillation_loss(student_BC, teacher_BC, labels_B, alpha=alpha, temperature=4.0)
+        from_dict({"distill": {"alpha": alpha}})
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
-def test_bad_temperature_raises(batch, temperature):
-    student_BC, teacher_BC, labels_B = batch
+def test_bad_temperature_raises(temperature):
+    from distill_jax.config import from_dict
+
     with pytest.raises(ConfigError, match="distill.temperature"):
-        distillation_loss(student_BC, teacher_BC, labels_B, alpha=0.5, temperature=temperature)
+        from_dict({"distill": {"temperature": temperature}})
 
 
-def test_registry_and_get_loss():
+def test_registry_and_unknown_names():
+    from distill_jax.objective import validate_losses
+
     assert LOSSES["cross_entropy"] is cross_entropy
     assert LOSSES["kd"] is kd_loss
-    assert get_loss("kd") is kd_loss
     with pytest.raises(ConfigError) as excinfo:
-        get_loss("kdd")
-    assert str(excinfo.value) == "unknown loss 'kdd'; valid losses: " + ", ".join(sorted(LOSSES))
-    assert "cross_entropy, dist, dkd" in str(excinfo.value)
+        validate_losses({"kdd": {"weight": 1.0}})
+    assert str(excinfo.value).startswith(
+        "unknown loss 'distill.losses.kdd' (did you mean 'kd'?); valid losses: "
+    )
+    assert "dist, dkd" in str(excinfo.value) and "cross_entropy" not in str(excinfo.value)
 
 
 def test_shape_mismatch_raises(batch):
@@ -371,5 +387,5 @@ def test_bfloat16_inputs_give_float32_close_result(batch):
     got = cross_entropy(s16_BC, labels_B, 0.1)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, cross_entropy(student_BC, labels_B, 0.1), rtol=2e-2)
-    loss, terms = distillation_loss(s16_BC, t16_BC, labels_B, alpha=0.5, temperature=4.0)
+    loss, terms = hinton(s16_BC, t16_BC, labels_B, alpha=0.5, temperature=4.0)
     assert loss.dtype == jnp.float32 and terms["kd"].dtype == jnp.float32

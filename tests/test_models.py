@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from distill_jax.errors import ConfigError
-from distill_jax.models import MODELS, create_model
-from distill_jax.train.state import count_params
+from distill_jax.models import MODELS, count_params, create_model, validate_model_config
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])  # the zoo is covered by test_model_zoo.py
@@ -51,5 +50,6 @@ def test_unknown_model_and_kwarg():
     with pytest.raises(ConfigError, match="did you mean 'resnet8'") as e:
         create_model({"name": "resnt8"}, 10)
     assert "valid models: " + ", ".join(sorted(MODELS)) in str(e.value)
-    with pytest.raises(ConfigError, match="did you mean 'hidden'"):
-        create_model({"name": "mlp", "hiden": [3]}, 10)
+    # Arguments are validated once, with the config (create_model only builds).
+    with pytest.raises(ConfigError, match="student.model.hiden.*did you mean 'hidden'"):
+        validate_model_config({"name": "mlp", "hiden": [3]}, "student.model")

@@ -8,13 +8,15 @@ import pytest
 from distill_jax.compress import (
     PruneSchedule,
     apply_masks,
-    init_masks,
     magnitude_masks,
+    masks_of,
+    pruning,
     sparsity_of,
 )
 from distill_jax.config import load_config
 from distill_jax.errors import ConfigError
 from distill_jax.models import create_model
+from distill_jax.objective import Objective
 from distill_jax.train.checkpointing import Checkpointer
 from distill_jax.train.optim import make_optimizer
 from distill_jax.train.state import create_train_state
@@ -90,10 +92,11 @@ def test_cubic_schedule_matches_zhu_and_gupta():
 def _train(schedule, steps, tmp_path=None):
     config = load_config(None, ["student.train.weight_decay=0.05"])
     model = create_model({"name": "mlp", "hidden": [32, 16]}, 10)
-    tx, _ = make_optimizer(config.student.train.to_dict(), steps_per_epoch=10)
+    tx, _ = make_optimizer(
+        config.student.train.to_dict(), steps_per_epoch=10, transforms=[pruning(schedule)]
+    )
     state = create_train_state(model, tx, SHAPE, seed=0)
-    state = state.replace(extra={"masks": init_masks(state.params)})
-    step = jax.jit(make_train_step(model, tx, prune=schedule))
+    step = jax.jit(make_train_step(model, tx, Objective(config.distill, distilling=False)))
     rng = np.random.default_rng(0)
     history = []
     for i in range(steps):
@@ -110,7 +113,7 @@ def _train(schedule, steps, tmp_path=None):
 def test_pruned_weights_stay_exactly_zero_through_many_updates(tmp_path):
     """AdamW momentum and weight decay would regrow them; the masks keep them at 0."""
     history = _train(PruneSchedule(final=0.8, begin_step=0, end_step=0), steps=40)
-    first_masks = history[0].extra["masks"]
+    first_masks = masks_of(history[0].opt_state)
     n = sum(k.size for k in _kernels(history[0].params))
     for state in history:
         assert sparsity_of(state.params) == np.floor(0.8 * n) / n
@@ -126,7 +129,7 @@ def test_pruned_weights_stay_exactly_zero_through_many_updates(tmp_path):
     ckpt.wait()
     restored, _ = ckpt.restore(40, target=history[-1])
     for a, b in zip(
-        jax.tree.leaves(restored.extra["masks"]), jax.tree.leaves(first_masks), strict=True
+        jax.tree.leaves(masks_of(restored.opt_state)), jax.tree.leaves(first_masks), strict=True
     ):
         np.testing.assert_array_equal(a, b)
     ckpt.close()

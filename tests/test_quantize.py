@@ -18,6 +18,8 @@ from distill_jax import data
 from distill_jax.compress import int8_rules, ptq, qat, stored_bytes
 from distill_jax.data.augment import to_float
 from distill_jax.models import create_model
+from distill_jax.objective import Objective
+from distill_jax.teachers import OnlineTeacher, Teacher
 from distill_jax.train.state import TrainState
 from distill_jax.train.steps import frozen_inputs, make_train_step
 
@@ -72,9 +74,12 @@ def _train(model, train, steps, variables, teacher=None, seed=0):
         opt_state=tx.init({"student": params, "methods": {}}),
         rng=jax.random.PRNGKey(seed),
     )
-    kwargs = {} if teacher is None else {"teacher_model": teacher[0], "alpha": 0.1}
-    step = jax.jit(make_train_step(model, tx, temperature=4.0, **kwargs))
-    frozen = frozen_inputs(teacher_vars=None if teacher is None else teacher[1])
+    source = None if teacher is None else OnlineTeacher(Teacher(*teacher, {}))
+    objective = Objective(
+        {"alpha": 0.1, "temperature": 4.0, "losses": {}}, distilling=teacher is not None
+    )
+    step = jax.jit(make_train_step(model, tx, objective, teacher=source))
+    frozen = frozen_inputs(None if teacher is None else teacher[1])
     rng = np.random.default_rng(seed)
     losses, first = [], state
     for _ in range(steps):

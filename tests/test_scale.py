@@ -14,9 +14,12 @@ from distill_jax.data.augment import augment, to_float
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.losses import kd_loss, topk_kd_loss
 from distill_jax.models import create_model
+from distill_jax.teachers import NoTeacher, cache_view_key
 from distill_jax.train import loop
-from distill_jax.train.steps import cache_view_key
+from distill_jax.train.inputs import teacher_in_dtype
+from distill_jax.train.state import member
 from distill_jax.train.teacher_cache import check_cache, load_cache, write_cache
+from distill_jax.train.workdir import run_spec, same_spec
 
 
 def _config(data_dir, **extra):
@@ -64,7 +67,7 @@ def test_vmapped_student_equals_its_single_run(data_dir, tmp_path, teacher):
         },
     )
     single = loop.fit(single_cfg, str(tmp_path / "one"), role="student", seed=1, teacher=teacher)
-    got = loop.member(many.variables, i)
+    got = member(many.variables, i)
     for a, b in zip(_leaves(got), _leaves(single.variables), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     assert many.students[i]["accuracy"] == pytest.approx(single.test["accuracy"], abs=1e-9)
@@ -100,7 +103,7 @@ def test_bf16_kd_loss_within_tolerance_of_float32(data_dir, teacher):
     s_vars = student.init(jax.random.PRNGKey(0), x[:1])
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        t = loop._teacher_in_dtype(teacher, dtype)
+        t = teacher_in_dtype(teacher, dtype)
         s = create_model({"name": "mlp", "hidden": [64]}, 10, dtype=dtype)
         t_logits, _ = t.model.apply(t.variables, x, train=False)
         s_logits, _ = s.apply(s_vars, x, train=False)
@@ -232,16 +235,19 @@ def test_cache_is_refused_for_another_teacher_split_or_augmentation(data_dir, tm
 
 def test_students_by_map_equals_vmap():
     """`vmap.by = "map"` (students one after another) computes what the vmapped step does."""
-    from distill_jax.train.optim import make_optimizer
+    from distill_jax.objective import Objective
+    from distill_jax.tasks import Classification
+    from distill_jax.teachers import OnlineTeacher, Teacher
+    from distill_jax.train.optim import make_optimizer, scale_by_lr_scale
     from distill_jax.train.state import create_student_states
-    from distill_jax.train.steps import frozen_inputs, make_train_step
+    from distill_jax.train.steps import Students, frozen_inputs, make_train_step
 
     shape = (8, 8, 1)
     student = create_model({"name": "cnn", "widths": [4], "dense": 8, "batch_norm": True}, 10)
     t_model = create_model({"name": "mlp", "hidden": [16]}, 10)
     t_vars = t_model.init(jax.random.PRNGKey(3), jnp.zeros((1, *shape)))
     train = load_config(None).student.train.to_dict()
-    tx, _ = make_optimizer(train, steps_per_epoch=5)
+    tx, _ = make_optimizer(train, steps_per_epoch=5, transforms=[scale_by_lr_scale()])
     lr = train["learning_rate"]
     members = [
         {"seed": seed, "alpha": 0.2, "temperature": t, "learning_rate": lr * (1.0 + seed)}
@@ -256,14 +262,16 @@ def test_students_by_map_equals_vmap():
     }
     out = {}
     for by in ("vmap", "map"):
+        objective = Objective(
+            {"alpha": 0.1, "temperature": 4.0, "losses": {}}, task=Classification(translate=1)
+        )
         step = make_train_step(
             student,
             tx,
-            teacher_model=t_model,
-            translate=1,
+            objective,
+            teacher=OnlineTeacher(Teacher(t_model, t_vars, {})),
             data_seed=0,
-            students=2,
-            students_by=by,
+            students=Students(2, by),
         )
         out[by] = jax.jit(step)(state, frozen_inputs(t_vars), batch)
     for a, b in zip(_leaves(out["vmap"]), _leaves(out["map"]), strict=True):
@@ -274,12 +282,12 @@ def test_students_by_map_equals_vmap():
 def test_a_workdir_from_before_the_new_config_keys_still_resumes(data_dir):
     """Specs written before `data.pipeline`, `data.shuffle_seed`, `distill.cache` match."""
     config = _config(data_dir)
-    new = loop.run_spec(config, "student", 0, 0, None)
+    new = run_spec(config, "student", 0, NoTeacher())
     new["distill"] = dict(config.distill.to_dict())
     old = json.loads(json.dumps(new))
     for key in ("pipeline", "shuffle_seed"):
         del old["data"][key]
     del old["distill"]["cache"]
-    assert loop._same_spec(old, new)
+    assert same_spec(old, new)
     old["data"]["shuffle_seed"] = 3  # a real difference still counts
-    assert not loop._same_spec(old, new)
+    assert not same_spec(old, new)

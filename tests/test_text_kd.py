@@ -68,8 +68,8 @@ def test_text_kd_objective_tiny(data_dir):
     from distill_jax.config import load_config
     from distill_jax.data import load_split
     from distill_jax.losses import cross_entropy
-    from distill_jax.losses.objective import Objective
     from distill_jax.models import create_model
+    from distill_jax.objective import Objective
 
     cfg = load_config(os.path.join(EXPERIMENT, "distill_hidden_attention.py"), tiny(data_dir))
     split = load_split(cfg.data.name, "train[:16]", data_dir)
@@ -100,15 +100,21 @@ def test_text_kd_objective_tiny(data_dir):
         logits, feats = student.apply(
             {"params": params}, ids, train=True, rngs={"dropout": jax.random.key(3)}
         )
-        distill, terms, _ = objective(
+        loss, terms, _ = objective(
             extra, {}, {"logits": logits, "features": feats}, teacher_out, batch, jax.random.key(4)
         )
-        return cfg.distill.alpha * cross_entropy(logits, labels) + distill, terms
+        return loss, dict(terms, _ce_check=cross_entropy(logits, labels))
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
         s_vars["params"], extra, teacher_out
     )
     assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in terms.values())
+    # The objective's total is the whole loss: alpha * CE (its first term) + the rest.
+    weights = {t.name: t.weight for t in objective.terms}
+    np.testing.assert_allclose(float(terms["ce"]), float(terms.pop("_ce_check")), rtol=1e-6)
+    want = cfg.distill.alpha * float(terms["ce"])
+    want += sum(w * float(terms[name]) for name, w in weights.items())
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     assert float(terms["hidden_mse"]) > 0 and float(terms["attention_kl"]) > 0
     g_student, g_extra, g_teacher = grads
     assert float(jnp.abs(g_student["layer2"]["query"]["kernel"]).max()) > 0

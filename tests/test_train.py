@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from distill_jax.data.augment import random_translate
-from distill_jax.losses import distillation_loss
 from distill_jax.models import create_model
+from distill_jax.objective import Objective
 from distill_jax.parallel import make_strategy
+from distill_jax.tasks import Classification
+from distill_jax.teachers import OnlineTeacher, Teacher
 from distill_jax.train.optim import make_optimizer
 from distill_jax.train.state import create_train_state
 from distill_jax.train.steps import frozen_inputs, make_train_step
@@ -35,14 +37,20 @@ def _setup(tiny_config, student_cfg, axis_name=None, translate=1):
     step = make_train_step(
         student,
         tx,
-        teacher_model=teacher,
-        alpha=0.3,
-        temperature=4.0,
-        translate=translate,
+        _hinton(0.3, 4.0, translate),
+        teacher=OnlineTeacher(Teacher(teacher, teacher_vars, {})),
         schedule=schedule,
         axis_name=axis_name,
     )
     return state, teacher_vars, step, teacher
+
+
+def _hinton(alpha, temperature, translate):
+    """Hinton's objective on a classification task with random translation."""
+    return Objective(
+        {"alpha": alpha, "temperature": temperature, "losses": {}},
+        task=Classification(translate=translate),
+    )
 
 
 def test_teacher_unchanged_and_gets_no_gradient(tiny_config):
@@ -58,9 +66,10 @@ def test_teacher_unchanged_and_gets_no_gradient(tiny_config):
     def loss_wrt_teacher(t_params):
         t_logits, _ = teacher.apply({"params": t_params}, x)
         s_logits, _ = student.apply({"params": state.params}, x)
-        return distillation_loss(s_logits, t_logits, _batch()["label"], alpha=0.3, temperature=4.0)[
-            0
-        ]
+        batch = {"label": jnp.asarray(_batch()["label"]), "mask": None}
+        objective = _hinton(0.3, 4.0, 0)
+        s, t = {"logits": s_logits}, {"logits": t_logits}
+        return objective({}, {}, s, t, batch, jax.random.PRNGKey(0))[0]
 
     grads = jax.grad(loss_wrt_teacher)(teacher_vars["params"])
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
@@ -137,7 +146,10 @@ def test_teacher_and_student_see_the_same_augmented_view(tiny_config):
     tx, _ = make_optimizer(config.student.train.to_dict(), steps_per_epoch=10)
     state = create_train_state(student, tx, IMAGE_SHAPE, seed=0)
     step = make_train_step(
-        student, tx, teacher_model=teacher, alpha=0.0, temperature=2.0, translate=2
+        student,
+        tx,
+        _hinton(0.0, 2.0, 2),
+        teacher=OnlineTeacher(Teacher(teacher, teacher_vars, {})),
     )
     batch = _batch()
     _, metrics = jax.jit(step)(state, frozen_inputs(teacher_vars), batch)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from distill_jax.losses.method import METHODS
-from distill_jax.losses.objective import Objective
 from distill_jax.losses.transformer import (
     AttentionKL,
     EmbeddingDistillation,
     HiddenMSE,
     ValueRelation,
 )
+from distill_jax.objective import Objective
 
 B, L, H, DS, DT = 3, 6, 2, 4, 6
 LENGTHS = np.array([6, 4, 2])  # real tokens per row; the rest is padding

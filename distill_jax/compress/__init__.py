@@ -1,7 +1,8 @@
 """Compression beyond distillation: pruning and int8 quantization of the student.
 
-The quantization names load `qwix` on first use, not when the package is imported: the
-train loop imports the pruning masks, and every run need not pay for qwix's import.
+The quantization names load `qwix` on first use, not when the package is imported: a
+pruning run need not pay for qwix's import. `compress.stage.stage` turns a compression
+stage into a training-run `Variant` (the trainer imports nothing from this package).
 """
 
 from distill_jax.compress.prune import (
@@ -9,8 +10,9 @@ from distill_jax.compress.prune import (
     apply_masks,
     init_masks,
     magnitude_masks,
+    masks_of,
     prunable,
-    prune_step,
+    pruning,
     sparsity_of,
 )
 
@@ -31,8 +33,9 @@ __all__ = [
     "init_masks",
     "int8_rules",
     "magnitude_masks",
+    "masks_of",
     "prunable",
-    "prune_step",
+    "pruning",
     "ptq",
     "qat",
     "sparsity_of",

@@ -39,11 +39,12 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax.compress.channels import check_prunable, prune_channels
 from distill_jax.compress.prune import PruneSchedule, apply_masks, magnitude_masks
+from distill_jax.compress.stage import stage
 from distill_jax.evaluation import Evaluator, measure_latency
 from distill_jax.models import create_model
 from distill_jax.report import describe_meta, run_meta, write_outputs
+from distill_jax.teachers import Teacher
 from distill_jax.train.loop import fit, load_data, load_teacher
-from distill_jax.train.state import Teacher
 
 
 def disk_bytes(variables: Any) -> int:
@@ -187,8 +188,7 @@ def compress(
                 role="student",
                 teacher=recovery[how],
                 compare_to=teacher,
-                init_from=start,
-                prune=prune,
+                variant=stage(init_from=start, prune=prune),
                 desc=f"{name}_{how}",
             )
             result = done[how]
@@ -269,8 +269,7 @@ def compress(
                 os.path.join(workdir, "qat_kd"),
                 role="student",
                 teacher=teacher,
-                init_from=distilled,
-                qat=True,
+                variant=stage(init_from=distilled, qat=True),
                 desc="qat_kd",
             )
             trained = load_teacher(os.path.join(workdir, "qat_kd"), what="student")

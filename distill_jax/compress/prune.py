@@ -1,10 +1,12 @@
-"""Unstructured magnitude pruning with masks kept in the TrainState.
+"""Unstructured magnitude pruning as an optimizer transformation.
 
 A pruned student keeps a boolean mask per weight matrix / convolution kernel (the leaves
-with more than one dimension; biases and normalisation scales are never pruned) in
-`TrainState.extra["masks"]`. The train step multiplies the parameters by their masks after
-every optimizer update, so pruned weights stay exactly zero whatever the optimizer's
-momentum or weight decay would do, and the masks are checkpointed with the state.
+with more than one dimension; biases and normalisation scales are never pruned) in its
+optimizer state: `pruning(schedule)` is the last gradient transformation of the optimizer
+(`train.optim.make_optimizer(..., transforms=[pruning(schedule)])`). It turns the update
+of every masked weight into "set it to zero", so pruned weights stay exactly zero whatever
+the optimizer's momentum or weight decay would do, and the masks are checkpointed with the
+optimizer state. The train step knows nothing of pruning.
 
 Sparsity follows either one shot (`final` from the first step) or the gradual cubic
 schedule of Zhu & Gupta 2017 ("To prune, or not to prune", eq. 1):
@@ -19,10 +21,11 @@ per layer), ties included.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from distill_jax.errors import ConfigError
 
@@ -80,7 +83,7 @@ def magnitude_masks(params: Any, sparsity: float | jax.Array, scope: str = "glob
 
 
 def init_masks(params: Any) -> Any:
-    """All-True masks for `params` (nothing pruned yet): `TrainState.extra["masks"]`."""
+    """All-True masks for `params` (nothing pruned yet)."""
     return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
 
 
@@ -146,16 +149,45 @@ class PruneSchedule:
         return in_ramp & on_grid
 
 
-def prune_step(params: Any, masks: Any, step: jax.Array, schedule: PruneSchedule):
-    """Masks for `step` (recomputed on schedule) and the parameters they leave.
+class PruneState(NamedTuple):
+    """State of `pruning`: the student's masks and the updates applied so far."""
 
-    Called inside the train step after the optimizer update; returns `(params, masks)`.
+    masks: Any
+    prune_count: jax.Array
+
+
+def pruning(schedule: PruneSchedule) -> optax.GradientTransformation:
+    """Magnitude pruning of the student on `schedule`, as the optimizer's last transform.
+
+    It acts on the optimizer's tree `{"student": params, "methods": ...}` and prunes only
+    the student. Given the final updates `u` of step `t`, the masks are recomputed from
+    the magnitudes of `params + u` when `schedule.update_now(t)`, and the update becomes
+    `u` where the mask keeps a weight and `-params` where it prunes one, so the new
+    parameters are exactly `where(mask, params + u, 0)`. `t` counts the updates this
+    transform has applied (a step skipped as non-finite applies none).
     """
-    # Ranking a million weights is a sort: only done on the steps that update the masks.
-    masks = jax.lax.cond(
-        schedule.update_now(step),
-        lambda p: magnitude_masks(p, schedule.sparsity(step), schedule.scope),
-        lambda p: masks,
-        params,
-    )
-    return apply_masks(params, masks), masks
+
+    def init(params):
+        return PruneState(init_masks(params["student"]), jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params):
+        if params is None:
+            raise ValueError("pruning needs the parameters: call tx.update(g, s, params)")
+        student, u = params["student"], updates["student"]
+        step = state.prune_count
+        # Ranking a million weights is a sort: only done on the steps that update masks.
+        masks = jax.lax.cond(
+            schedule.update_now(step),
+            lambda p: magnitude_masks(p, schedule.sparsity(step), schedule.scope),
+            lambda p: state.masks,
+            optax.apply_updates(student, u),
+        )
+        u = jax.tree.map(lambda u_, p, m: jnp.where(m, u_, -p), u, student, masks)
+        return {**updates, "student": u}, PruneState(masks, step + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def masks_of(opt_state: Any) -> Any:
+    """The pruning masks kept in an optimizer state built with `pruning`."""
+    return optax.tree_utils.tree_get(opt_state, "masks")

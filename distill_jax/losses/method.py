@@ -23,7 +23,7 @@ pipeline can check them against the models before training and list what exists.
 
 Trainable parts (FitNets regressors, VID variances, CRD embeddings, ReviewKD fusion
 modules, ...) are ordinary `self.param`s / submodules: they live in the TrainState's
-`extra[name]["params"]`, are trained with the student by the same optimizer, are
+`methods[name]`, are trained with the student by the same optimizer, are
 checkpointed with it, and are never part of the exported student. Non-trainable state
 (CRD's momentum memory bank) lives in the `"memory"` collection
 (`self.variable("memory", ...)`), updated only when `train` is True and the collection

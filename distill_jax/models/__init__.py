@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 
 from distill_jax.errors import ConfigError
 from distill_jax.models.base import Features
@@ -135,7 +136,8 @@ def create_model(
     """Builds a model from its config.
 
     Args:
-        model_cfg: `{"name": ..., **kwargs}`.
+        model_cfg: `{"name": ..., **kwargs}`, validated with the config
+            (`validate_model_config`); this only builds it.
         num_classes: number of logits (from the dataset).
         dtype: computation dtype.
         axis_name: pmap axis for cross-device BatchNorm statistics, where a model has any.
@@ -143,7 +145,6 @@ def create_model(
     Returns:
         The Linen module (not yet initialised).
     """
-    validate_model_config(model_cfg, "model")
     cls = get_model_class(model_cfg["name"])
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_cfg.items()}
     kwargs.pop("name")
@@ -151,6 +152,11 @@ def create_model(
     if "axis_name" in field_names:
         kwargs["axis_name"] = axis_name
     return cls(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
 __all__ = [
@@ -166,6 +172,7 @@ __all__ = [
     "ShuffleNetV2",
     "WideResNet",
     "Features",
+    "count_params",
     "create_model",
     "get_model_class",
     "model_fields",

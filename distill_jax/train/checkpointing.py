@@ -298,3 +298,20 @@ def has_checkpoint(directory: str | os.PathLike) -> bool:
         name.isdigit() and os.path.isdir(os.path.join(directory, name))
         for name in os.listdir(directory)
     )
+
+
+def saved_state_keys(directory: str | os.PathLike) -> set[str] | None:
+    """The top-level keys of the newest state saved in `directory`, read from Orbax's tree
+    metadata without restoring any array (None when there is none or it is unreadable)."""
+    steps = (
+        [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+    )
+    if not steps:
+        return None
+    path = os.path.join(directory, str(max(steps)), "state", "_METADATA")
+    try:
+        with open(path) as f:
+            tree = json.load(f)["tree_metadata"]
+        return {entry["key_metadata"][0]["key"] for entry in tree.values()}
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None

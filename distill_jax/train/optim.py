@@ -1,7 +1,13 @@
-"""Optax optimizers and learning-rate schedules from a `train` config section."""
+"""Optax optimizers and learning-rate schedules from a `train` config section.
 
-from collections.abc import Mapping
-from typing import Any
+Everything that changes how updates reach the parameters is a gradient transformation in
+the optimizer's chain, not a branch in the train step: the schedule, weight decay,
+clipping, and (passed in `transforms`) a vmapped student's own learning rate
+(`scale_by_lr_scale`) or a compression stage's pruning masks (`compress.prune.pruning`).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +48,49 @@ def make_schedule(train_cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.S
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+class LearningRateScale(NamedTuple):
+    """State of `scale_by_lr_scale`: the factor on this optimizer's updates."""
+
+    lr_scale: jax.Array
+
+
+def scale_by_lr_scale() -> optax.GradientTransformation:
+    """Multiplies the updates by `state.lr_scale` (1 unless set).
+
+    Every optimizer's update is proportional to its learning rate, so a vmapped student
+    with its own rate sets `lr_scale = its rate / the schedule's` in its (stacked) state
+    (`state.create_student_states`, with `optax.tree_utils.tree_set`). Only vmapped runs
+    add it: multiplying by a runtime 1.0 is exact, but it changes how XLA fuses the
+    update, and with it the last bits of a single run's parameters.
+    """
+
+    def init(params):
+        del params
+        return LearningRateScale(jnp.ones((), jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u: u * state.lr_scale, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def lr_scale_of(opt_state: Any) -> jax.Array | float:
+    """The `lr_scale` of an optimizer state (1.0 without `scale_by_lr_scale`)."""
+    return optax.tree_utils.tree_get(opt_state, "lr_scale", 1.0)
+
+
 def make_optimizer(
-    train_cfg: Mapping[str, Any], steps_per_epoch: int
+    train_cfg: Mapping[str, Any],
+    steps_per_epoch: int,
+    transforms: Sequence[optax.GradientTransformation] = (),
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimizer (SGD with momentum, Adam or AdamW) and its schedule.
 
     Weight decay skips biases and normalisation scales (`decay_mask`). For SGD it is the
     classic L2 term added to the gradient; for AdamW it is decoupled (Loshchilov & Hutter).
+    `transforms` (e.g. `scale_by_lr_scale` for vmapped students, pruning) end the chain:
+    they see the final updates.
     """
     schedule = make_schedule(train_cfg, steps_per_epoch)
     wd = train_cfg["weight_decay"]
@@ -72,4 +114,4 @@ def make_optimizer(
         parts.append(optax.adam(schedule))
     else:
         raise ValueError(f"unknown optimizer {name!r}")
-    return optax.chain(*parts), schedule
+    return optax.chain(*parts, *transforms), schedule

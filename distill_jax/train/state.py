@@ -1,9 +1,10 @@
-"""The student's TrainState and the teacher handle.
+"""The student's TrainState.
 
 The TrainState holds only what training changes: the step, the student's parameters and
-BatchNorm statistics, the optimizer state and the base RNG key. Per-step randomness is
-`fold_in(rng, step)`, so a resumed run draws exactly the numbers of an uninterrupted one.
-The teacher is never part of it: it is a frozen input of the step (`Teacher`).
+BatchNorm statistics, the optimizer state, the base RNG key, and the objective's method
+parameters and memory banks. Per-step randomness is `fold_in(rng, step)`, so a resumed run
+draws exactly the numbers of an uninterrupted one. The teacher is never part of it: it is
+a frozen input of the step (`distill_jax.teachers`).
 """
 
 import dataclasses
@@ -27,9 +28,15 @@ class TrainState:
         step: optimizer steps taken (also the global batch index of the next step).
         params: student parameters.
         batch_stats: BatchNorm running statistics ({} for models without BatchNorm).
-        opt_state: optimizer state.
+        opt_state: optimizer state (with it, what optimizer transforms keep: pruning
+            masks, a vmapped student's learning-rate scale).
         rng: base PRNG key (raw uint32 key data) from which each step's key is folded.
-        extra: trainable parameters of losses (regressors, embeddings); {} for plain KD.
+        methods: trainable parameters of the objective's methods, `{name: params}`
+            (FitNet regressors, CRD embeddings, ...); trained with the student by the same
+            optimizer, never part of the exported student. {} for logit-only objectives.
+        memory: non-trainable method state, `{name: memory}` (CRD's memory bank).
+        hparams: a vmapped student's own `alpha` and `temperature` (float32 scalars),
+            which the objective uses in place of the config's; {} for a single run.
     """
 
     step: jnp.ndarray
@@ -37,7 +44,9 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jnp.ndarray
-    extra: Any = dataclasses.field(default_factory=dict)
+    methods: Any = dataclasses.field(default_factory=dict)
+    memory: Any = dataclasses.field(default_factory=dict)
+    hparams: Any = dataclasses.field(default_factory=dict)
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -46,29 +55,21 @@ class TrainState:
             return {"params": self.params, "batch_stats": self.batch_stats}
         return {"params": self.params}
 
+    @property
+    def trainable(self) -> dict[str, Any]:
+        """What the optimizer updates: the student's and the methods' parameters."""
+        return {"student": self.params, "methods": self.methods}
 
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-    """A frozen teacher: its module, its variables, and where it came from.
 
-    Attributes:
-        model: the Linen module (applied with `train=False`).
-        variables: `{"params": ..., "batch_stats": ...}`; never updated or donated.
-        identity: JSON-serialisable description (workdir, step, model config) stored in
-            the student's checkpoints and report.
-    """
-
-    model: nn.Module
-    variables: Any
-    identity: dict[str, Any]
+InitMethods = Callable[[jax.Array, Any], tuple[dict[str, Any], dict[str, Any]]]
 
 
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
     seed: int,
-    init_extra: Callable[[jax.Array, Any], dict[str, Any]] | None = None,
+    init_methods: InitMethods | None = None,
     init_variables: Any = None,
 ) -> TrainState:
     """A fresh TrainState for `model`, deterministic in `seed`.
@@ -79,10 +80,10 @@ def create_train_state(
     Args:
         model: the student.
         tx: the optimizer, over `{"student": params, "methods": method params}`.
-        image_shape: one example's shape.
+        input_shape: one example's shape.
         seed: the run's seed.
-        init_extra: `init_extra(key, student_params) -> {"params": ..., "memory": ...}`
-            for the objective's trainable methods; None when there are none.
+        init_methods: `init_methods(key, student_variables) -> (params, memory)` of the
+            objective's methods; None when there are none.
         init_variables: start from these variables (`{"params", "batch_stats"}` of a
             trained model of the same architecture, e.g. for pruning or quantization-
             aware fine-tuning) instead of the random initialisation.
@@ -90,17 +91,18 @@ def create_train_state(
 
     def init(seed_key):
         init_key, rng, extra_key = jax.random.split(seed_key, 3)
-        dummy = jnp.zeros((1, *image_shape), jnp.float32)
+        dummy = jnp.zeros((1, *input_shape), jnp.float32)
         variables = model.init(init_key, dummy, train=False)
         params = variables["params"]
-        extra = {} if init_extra is None else init_extra(extra_key, variables)
+        methods, memory = ({}, {}) if init_methods is None else init_methods(extra_key, variables)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init({"student": params, "methods": extra.get("params", {})}),
+            opt_state=tx.init({"student": params, "methods": methods}),
             rng=rng,
-            extra=extra,
+            methods=methods,
+            memory=memory,
         )
 
     state = jax.jit(init)(jax.random.PRNGKey(seed))
@@ -128,7 +130,7 @@ def _start_from(state: TrainState, tx: optax.GradientTransformation, variables: 
                 f"shapes {want}, the given ones {got}"
             )
     params = jax.tree.map(jnp.asarray, variables["params"])
-    opt_state = tx.init({"student": params, "methods": state.extra.get("params", {})})
+    opt_state = tx.init({"student": params, "methods": state.methods})
     return state.replace(
         params=params,
         batch_stats=jax.tree.map(jnp.asarray, variables.get("batch_stats", {})),
@@ -141,33 +143,40 @@ def stack_trees(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def member(tree: Any, i: int) -> Any:
+    """Student `i` of a stacked (vmapped) pytree."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
 def create_student_states(
     model: nn.Module,
     tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
     students: list[dict[str, Any]],
     base_learning_rate: float,
-    init_extra: Callable[[jax.Array, Any], dict[str, Any]] | None = None,
+    init_methods: InitMethods | None = None,
 ) -> TrainState:
     """N stacked TrainStates for one vmapped (or mapped) train step.
 
-    Student `i` is `create_train_state(..., students[i]["seed"])` plus its
-    `extra["hparams"]`: `alpha`, `temperature` and `lr_scale` (its `learning_rate` over
-    the optimizer's `base_learning_rate`), which the step uses in place of its defaults.
+    Student `i` is `create_train_state(..., students[i]["seed"])` with its own `alpha`
+    and `temperature` in `hparams` (the objective reads them) and its learning rate as
+    the optimizer's `lr_scale` (`train.optim.scale_by_lr_scale`): its `learning_rate`
+    over the optimizer's `base_learning_rate`.
 
     Args:
         students: dicts with `seed`, `alpha`, `temperature` and `learning_rate`.
     """
     states = []
     for m in students:
-        one = create_train_state(model, tx, image_shape, m["seed"], init_extra)
-        hparams = {
-            "alpha": m["alpha"],
-            "temperature": m["temperature"],
-            "lr_scale": m["learning_rate"] / base_learning_rate,
-        }
-        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-        states.append(one.replace(extra={**one.extra, "hparams": hparams}))
+        one = create_train_state(model, tx, input_shape, m["seed"], init_methods)
+        f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        lr_scale = f32(m["learning_rate"] / base_learning_rate)
+        states.append(
+            one.replace(
+                opt_state=optax.tree_utils.tree_set(one.opt_state, lr_scale=lr_scale),
+                hparams={"alpha": f32(m["alpha"]), "temperature": f32(m["temperature"])},
+            )
+        )
     return stack_trees(states)
 
 
@@ -179,8 +188,3 @@ def train_key(seed: int) -> jax.Array:
     stream) still sees the views of the run with `seed == data_seed`.
     """
     return jax.random.split(jax.random.PRNGKey(seed), 3)[1]
-
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    return int(sum(x.size for x in jax.tree.leaves(params)))

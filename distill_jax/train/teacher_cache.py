@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 from distill_jax import data as data_lib
 from distill_jax.data.augment import augment, to_float
 from distill_jax.errors import CheckpointError, ConfigError
-from distill_jax.train.state import Teacher
-from distill_jax.train.steps import cache_view_key
+from distill_jax.teachers import CachedTeacher, Teacher, cache_view_key
 
 META_FILE = "cache.json"
 RECORDS_FILE = "teacher_outputs.array_record"
@@ -96,19 +95,24 @@ class TeacherCache:
 
     @property
     def step_spec(self) -> dict[str, int]:
-        """The `cache` argument of `make_train_step`."""
+        """The cache's augmentation seed, number of views and top-k."""
         return {
             "seed": int(self.meta["seed"]),
             "views": int(self.meta["views"]),
             "top_k": int(self.meta["top_k"]),
         }
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays the train step reads (`frozen_inputs(cache=...)`)."""
-        out = {"values": self.values}
-        if self.indices is not None:
-            out["indices"] = self.indices
-        return out
+    def source(self, steps_per_epoch: int) -> CachedTeacher:
+        """The teacher source a train step reads this cache through."""
+        spec = self.step_spec
+        return CachedTeacher(
+            values=self.values,
+            indices=self.indices,
+            seed=spec["seed"],
+            views=spec["views"],
+            steps_per_epoch=steps_per_epoch,
+            spec={"directory": self.directory, **spec, "teacher": self.meta["teacher"]},
+        )
 
 
 def write_cache(

@@ -35,8 +35,8 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax.embeddings import embedding_cosine, neighbour_recall, sentence_embeddings
 from distill_jax.models import create_model
+from distill_jax.teachers import Teacher
 from distill_jax.train.loop import fit, load_data, load_teacher
-from distill_jax.train.state import Teacher
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUDENT_SETTINGS = {

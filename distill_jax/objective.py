@@ -1,4 +1,10 @@
-"""The training objective a config selects: `alpha * CE + sum_i w_i * L_i`.
+"""The whole training loss a config selects: `alpha * task_loss + sum_i w_i * L_i`.
+
+`Objective` is the one place where the loss is put together: the task's loss (cross-
+entropy with `train.label_smoothing`) weighted by `distill.alpha`, plus the weighted
+distillation terms, with per-student `alpha` / `temperature` for vmapped grids. The
+train step, the tests and the benchmarks all call it; nothing else spells out Hinton's
+objective.
 
 `distill.losses` maps a name to `{"weight": w, **hyperparameters}`. A name is either a
 logit loss of `LOSSES` (`kd`, `dkd`, `dist`, `reverse_kl`, ...: functions of the two
@@ -22,22 +28,18 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax.errors import ConfigError
-from distill_jax.losses.kd import topk_kd_loss
-from distill_jax.losses.method import METHODS, Method
+from distill_jax.losses import LOSSES, METHODS, Method, topk_kd_loss
+from distill_jax.tasks import Classification, Task
 
 # Arguments the pipeline supplies itself; a config may not set them.
 _SUPPLIED = ("student_logits_BC", "teacher_logits_BC", "labels_B", "mask_B", "num_data")
 
 
 def _all_names() -> list[str]:
-    from distill_jax.losses import LOSSES
-
     return sorted(set(LOSSES) - {"cross_entropy"} | set(METHODS))
 
 
 def _hyperparameters(name: str) -> list[str]:
-    from distill_jax.losses import LOSSES
-
     if name in METHODS:
         return [
             f.name
@@ -89,13 +91,22 @@ def _shapes(features: Mapping[str, Any]) -> str:
 
 
 class Objective:
-    """The config's weighted sum of distillation terms (the CE term is added by the step).
+    """The whole training loss: `alpha * task_loss + sum_i w_i * L_i`.
+
+    The task loss (cross-entropy, with label smoothing) comes from the task; the terms
+    from `distill.losses` (or Hinton's `(1 - alpha) * KD(T)` when that is empty). A model
+    trained alone (`distilling=False`) has no terms and `alpha = 1`. Names and
+    hyperparameters were validated with the config (`config.validate`).
 
     Args:
         distill_cfg: the config's `distill` section (`alpha`, `temperature`, `losses`).
-        student_features: the student's feature shapes (from `jax.eval_shape`).
-        teacher_features: the teacher's feature shapes.
+        student_features: the student's feature shapes (from `jax.eval_shape`), to check
+            the features the methods read; None skips the check.
+        teacher_features: the teacher's feature shapes, likewise.
         num_data: size of the training split (CRD's memory bank).
+        task: how logits meet labels (`tasks.Task`); default classification.
+        label_smoothing: of the task loss.
+        distilling: False for a model trained on labels alone.
     """
 
     def __init__(
@@ -103,21 +114,25 @@ class Objective:
         distill_cfg: Mapping[str, Any],
         student_features: Mapping[str, Any] | None = None,
         teacher_features: Mapping[str, Any] | None = None,
+        *,
         num_data: int = 0,
+        task: Task | None = None,
+        label_smoothing: float = 0.0,
+        distilling: bool = True,
     ):
-        from distill_jax.losses import LOSSES
-
-        losses = dict(distill_cfg.get("losses") or {})
+        self.task = Classification() if task is None else task
+        self.label_smoothing = float(label_smoothing)
+        self.alpha = float(distill_cfg["alpha"]) if distilling else 1.0
+        losses = dict(distill_cfg.get("losses") or {}) if distilling else {}
         # Hinton's objective; only it takes per-student alpha/temperature (`hparams`).
-        self.is_default = not losses
-        if not losses:
+        self.is_default = distilling and not losses
+        if self.is_default:
             losses = {
                 "kd": {
                     "weight": 1.0 - distill_cfg["alpha"],
                     "temperature": distill_cfg["temperature"],
                 }
             }
-        validate_losses(losses)
         self.terms: list[Term] = []
         for name, spec in losses.items():
             kwargs = {
@@ -174,39 +189,43 @@ class Objective:
         params: Mapping[str, Any],
         memory: Mapping[str, Any],
         student: dict,
-        teacher: dict,
+        teacher: dict | None,
         batch: dict,
         key: jax.Array,
         train: bool = True,
         hparams: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        """Weighted sum of the terms.
+        """The loss of one batch.
 
         Args:
             params: trainable method parameters `{name: params}`.
             memory: method memory banks `{name: memory}`.
-            student, teacher: `{"logits": ..., "features": {...}}` of each model.
+            student: `{"logits": ..., "features": {...}}` of the student.
+            teacher: the teacher source's outputs (`{"logits", "features"}` or
+                `{"topk": (values, indices)}`), or None for a model trained alone.
             batch: `{"label", "index", "mask"}`.
             key: randomness for methods that sample (CRD's negatives).
             train: update memory banks.
             hparams: per-student `alpha`/`temperature` (traced scalars) that replace the
-                config's in the default objective (vmapped hyperparameter grids).
+                config's (vmapped hyperparameter grids); empty or None for one run.
 
         Returns:
-            `(loss, terms, new_memory)`: the weighted sum, each term unweighted by name,
-            and the updated memory banks.
+            `(loss, terms, new_memory)`: the weighted sum, each term unweighted by name
+            (`ce` first), and the updated memory banks.
         """
-        from distill_jax.losses import LOSSES
-
-        total = jnp.zeros((), jnp.float32)
-        terms: dict[str, jax.Array] = {}
-        new_memory = dict(memory)
         mask = batch.get("mask")
+        ce = self.task.loss(student["logits"], batch["label"], mask, self.label_smoothing)
+        terms: dict[str, jax.Array] = {"ce": ce}
+        if teacher is None:
+            return ce, terms, dict(memory)
+        alpha = hparams["alpha"] if hparams else self.alpha
+        total = jnp.zeros((), jnp.float32)
+        new_memory = dict(memory)
         for i, term in enumerate(self.terms):
             weight = term.weight
             if term.method is None:
                 kwargs = {k: v for k, v in term.kwargs.items() if k != "_needs_labels"}
-                if hparams is not None and self.is_default:
+                if hparams and self.is_default:
                     weight = 1.0 - hparams["alpha"]
                     kwargs["temperature"] = hparams["temperature"]
                 if "logits" not in teacher:  # a top-k teacher cache: KD only (checked early)
@@ -242,7 +261,7 @@ class Objective:
                     )
             terms[term.name] = value
             total = total + weight * value
-        return total, terms, new_memory
+        return alpha * ce + total, terms, new_memory
 
     def check_cached_teacher(self, top_k: int) -> None:
         """Refuses terms that a teacher cache cannot feed (features; non-KD with top-k)."""

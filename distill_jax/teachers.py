@@ -1,0 +1,159 @@
+"""Frozen teachers, and the teacher sources a train step reads their outputs from.
+
+A `Teacher` is a trained model held read-only: its module, its variables and where it came
+from. A *teacher source* says where the teacher's outputs for a batch come from. The train
+step calls one through a single interface and never branches on which it is:
+
+* `NoTeacher`: a model trained on labels alone (no outputs);
+* `OnlineTeacher`: the teacher's forward pass on the batch's augmented view, outside
+  `value_and_grad` and under `stop_gradient` (no gradient can reach it and XLA never builds
+  its backward pass);
+* `CachedTeacher`: rows of a teacher cache (`train/teacher_cache.py`), full logits or
+  top-k, for the view the cache stored for this epoch.
+
+A source has three parts:
+
+* `arrays()`: what the step reads but never changes (teacher variables, cache arrays),
+  placed on the devices once and passed to the step as `frozen["teacher"]`;
+* `augment_key(step, key)`: the key of the step's augmentation (a cache fixes it to the
+  key of the stored view, so the student sees exactly the pixels the teacher saw);
+* `__call__(frozen, inputs, index, step) -> (inputs, outputs)`: the teacher's outputs,
+  `{"logits": (B, C), "features": {...}}` or `{"topk": (values, indices)}` or None, and
+  the inputs the student trains on. A source that generates its own inputs (the on-policy
+  source of language-model distillation: sequences sampled from the student and scored by
+  the teacher) returns new ones here; the student's update is the same either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A frozen teacher: its module, its variables, and where it came from.
+
+    Attributes:
+        model: the Linen module (applied with `train=False`).
+        variables: `{"params": ..., "batch_stats": ...}`; never updated or donated.
+        identity: JSON-serialisable description (workdir, step, model config) stored in
+            the student's checkpoints and report.
+    """
+
+    model: nn.Module
+    variables: Any
+    identity: dict[str, Any]
+
+
+def cache_view_key(seed: int, view: int | jax.Array) -> jax.Array:
+    """The augmentation key of view `view` of a teacher cache made with `seed`."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), view)
+
+
+def top1(outputs: dict[str, Any]) -> jax.Array:
+    """The teacher's predicted class per example, from full logits or a top-k cache row."""
+    if "logits" in outputs:
+        return jnp.argmax(outputs["logits"], -1)
+    values, indices = outputs["topk"]
+    return jnp.take_along_axis(indices, jnp.argmax(values, -1)[:, None], axis=-1)[:, 0]
+
+
+class TeacherSource:
+    """Where a train step gets the teacher's outputs (see the module docstring)."""
+
+    #: Recorded in the run's config.json; compared when a run resumes.
+    spec: dict[str, Any] | None = None
+
+    def arrays(self) -> Any:
+        """Host arrays the step reads (replicated on the devices once)."""
+        return None
+
+    def augment_key(self, step: jax.Array, key: jax.Array) -> jax.Array:
+        """The key of step `step`'s augmentation; `key` is the run's own for that step."""
+        return key
+
+    def __call__(
+        self, frozen: Any, inputs: jax.Array, index: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, Any] | None]:
+        raise NotImplementedError
+
+
+class NoTeacher(TeacherSource):
+    """Training on labels alone: no teacher outputs."""
+
+    def __call__(self, frozen, inputs, index, step):
+        return inputs, None
+
+
+@dataclasses.dataclass(eq=False)
+class OnlineTeacher(TeacherSource):
+    """The teacher's forward pass on the same augmented view the student sees."""
+
+    teacher: Teacher
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.teacher.identity
+
+    def arrays(self) -> Any:
+        return self.teacher.variables
+
+    def __call__(self, frozen, inputs, index, step):
+        logits, features = self.teacher.model.apply(frozen, inputs, train=False)
+        return inputs, jax.lax.stop_gradient({"logits": logits, "features": features})
+
+
+@dataclasses.dataclass(eq=False)
+class CachedTeacher(TeacherSource):
+    """Rows of a teacher cache: the view of epoch `e` is `e % views`, augmented with
+    `cache_view_key(seed, view)`, exactly the view the cached teacher saw.
+
+    Attributes:
+        values: `(N, views, K)` cached logits (K = classes) or top-k values.
+        indices: `(N, views, K)` class indices of top-k values, or None for full logits.
+        seed, views: the cache's augmentation seed and number of views.
+        steps_per_epoch: the run's steps per epoch (selects the view).
+        spec: the cache's identity (directory, seed, views, top_k, teacher).
+    """
+
+    values: Any
+    indices: Any
+    seed: int
+    views: int
+    steps_per_epoch: int
+    spec: dict[str, Any] | None = None
+
+    def arrays(self) -> Any:
+        out = {"values": self.values}
+        if self.indices is not None:
+            out["indices"] = self.indices
+        return out
+
+    def _view(self, step):
+        return (step // self.steps_per_epoch) % self.views
+
+    def augment_key(self, step, key):
+        return cache_view_key(self.seed, self._view(step))
+
+    def __call__(self, frozen, inputs, index, step):
+        view = self._view(step)
+        values = frozen["values"][index, view]
+        if "indices" in frozen:
+            return inputs, {"topk": (values, frozen["indices"][index, view])}
+        return inputs, {"logits": values}
+
+
+__all__ = [
+    "CachedTeacher",
+    "NoTeacher",
+    "OnlineTeacher",
+    "Teacher",
+    "TeacherSource",
+    "cache_view_key",
+    "top1",
+]

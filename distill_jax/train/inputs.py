@@ -1,0 +1,188 @@
+"""What a run reads: its dataset splits and its (frozen) teacher.
+
+`load_data` loads a config's three splits once per process; `load_teacher` restores a
+finished `train` run read-only; `teacher_source` turns the config's `distill` section
+and a teacher into the source a train step reads the teacher's outputs from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from distill_jax import data as data_lib
+from distill_jax.errors import CheckpointError, ConfigError
+from distill_jax.models import create_model, validate_model_config
+from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher, TeacherSource
+from distill_jax.train.checkpointing import Checkpointer, has_checkpoint
+from distill_jax.train.teacher_cache import check_cache, load_cache
+from distill_jax.train.workdir import CONFIG_FILE
+
+
+@dataclasses.dataclass
+class Data:
+    """The three splits of a run, loaded once into memory (train: read lazily when the
+    config streams it)."""
+
+    train: data_lib.ArraySplit | data_lib.SourceSplit
+    validation: data_lib.ArraySplit
+    test: data_lib.ArraySplit
+
+    @property
+    def info(self) -> data_lib.DatasetInfo:
+        return self.train.info
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data_cached(name, data_dir, download, train, validation, test, stream) -> Data:
+    load = functools.partial(data_lib.load_split, name, data_dir=data_dir, download=download)
+    return Data(
+        train=load(train, in_memory=not stream), validation=load(validation), test=load(test)
+    )
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+    """Loads (and caches in this process) the train/validation/test splits of a config."""
+    d = config.data
+    stream = d.pipeline == "stream"
+    args = (d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split, stream)
+    if jax.process_count() == 1:
+        return _load_data_cached(*args)
+    # Several processes: process 0 prepares the dataset (if needed) before the others
+    # read it, so they never race to write the same files.
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        _load_data_cached(*args)
+    multihost_utils.sync_global_devices("distill_jax.load_data")
+    return _load_data_cached(*args)
+
+
+# ---------------------------------------------------------------------------- teachers
+
+
+def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher") -> Teacher:
+    """Restores a teacher, read-only, from the workdir of a `train` run.
+
+    Args:
+        teacher_dir: a workdir written by `distill-jax train` (config.json + checkpoints/).
+        which: `latest` or `best` (by validation accuracy) checkpoint.
+        what: how the directory is named in error messages.
+
+    Raises:
+        CheckpointError: no such run, no checkpoint, or weights that do not fit the
+            architecture recorded in its config.
+    """
+    teacher_dir = os.path.abspath(teacher_dir)
+    cfg_path = os.path.join(teacher_dir, CONFIG_FILE)
+    ckpt_dir = os.path.join(teacher_dir, "checkpoints")
+    if not os.path.isfile(cfg_path) or not has_checkpoint(ckpt_dir):
+        raise CheckpointError(
+            f"{what} directory {teacher_dir} holds no distill-jax checkpoint "
+            f"(expected {CONFIG_FILE} and checkpoints/<step>/ written by `distill-jax train`)"
+        )
+    with open(cfg_path) as f:
+        spec = json.load(f)
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+    step = ckpt.latest_step() if step is None else step
+    problem = ckpt.verify(step)
+    if problem is not None:
+        raise CheckpointError(
+            f"{what} checkpoint {ckpt_dir}/{step} is corrupt: {problem}; retrain it or "
+            f"restore its files"
+        )
+    raw, metadata = ckpt.restore(step)
+    model_cfg = spec["model"]
+    validate_model_config(model_cfg, f"{cfg_path}: model")  # a config read from disk
+    num_classes, image_shape = metadata["num_classes"], tuple(metadata["image_shape"])
+    model = create_model(model_cfg, num_classes, dtype=spec.get("dtype", "float32"))
+    variables = {"params": raw["params"]}
+    if raw.get("batch_stats"):
+        variables["batch_stats"] = raw["batch_stats"]
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False)
+    )
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), variables)
+    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), dict(expected))
+    if got != want:
+        raise CheckpointError(
+            f"teacher checkpoint {ckpt_dir}/{step} does not match its architecture "
+            f"{model_cfg}: parameter shapes differ"
+        )
+    identity = {
+        "workdir": teacher_dir,
+        "step": int(step),
+        "model": model_cfg,
+        "num_classes": num_classes,
+        "image_shape": list(image_shape),
+        "dataset": spec.get("data", {}).get("name"),
+    }
+    return Teacher(model=model, variables=jax.device_get(variables), identity=identity)
+
+
+def teacher_in_dtype(teacher: Teacher, dtype: str) -> Teacher:
+    """The teacher computing in the run's dtype (mixed precision distils in bfloat16).
+
+    In bfloat16 its parameters are stored in bfloat16 too, halving the teacher's memory
+    beside the student: a frozen teacher never accumulates updates, and its layers cast
+    their parameters to the compute dtype anyway, so its outputs are unchanged. BatchNorm
+    statistics stay in float32.
+    """
+    if teacher.model.dtype == dtype:
+        return teacher
+    model = create_model(teacher.identity["model"], teacher.identity["num_classes"], dtype=dtype)
+    variables = dict(teacher.variables)
+    if dtype == "bfloat16":
+        variables["params"] = jax.tree.map(lambda x: x.astype(jnp.bfloat16), variables["params"])
+    return dataclasses.replace(teacher, model=model, variables=variables)
+
+
+def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--teacher") -> None:
+    """Refuses a teacher whose classes or input shape do not fit the student's dataset."""
+    if teacher.identity["num_classes"] != info.num_classes:
+        raise ConfigError(
+            f"teacher/student class-count mismatch: the teacher ({key} "
+            f"{teacher.identity['workdir']}) has {teacher.identity['num_classes']} classes, "
+            f"dataset '{info.name}' has {info.num_classes}"
+        )
+    if tuple(teacher.identity["image_shape"]) != tuple(info.image_shape):
+        raise ConfigError(
+            f"teacher/student input mismatch: the teacher was trained on images of shape "
+            f"{tuple(teacher.identity['image_shape'])}, dataset '{info.name}' has "
+            f"{tuple(info.image_shape)}"
+        )
+
+
+def teacher_source(
+    config: ml_collections.ConfigDict,
+    role: str,
+    data: Data,
+    teacher: Teacher | None,
+    steps_per_epoch: int,
+) -> TeacherSource:
+    """Where the step reads the teacher's outputs: a cache (`distill.cache`), the online
+    teacher, or none; a cache that does not fit the run is refused here."""
+    if not config.distill.cache:
+        if teacher is None:
+            return NoTeacher()
+        return OnlineTeacher(teacher_in_dtype(teacher, config.dtype))
+    if role != "student":
+        raise ConfigError("distill.cache (a teacher cache) is for distilling the student")
+    cache = load_cache(config.distill.cache)
+    train = config[role].train
+    check_cache(
+        cache,
+        data.train,
+        config.data.train_split,
+        translate=train.translate,
+        flip=train.flip,
+        teacher=teacher,
+    )
+    return cache.source(steps_per_epoch)

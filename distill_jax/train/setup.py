@@ -1,0 +1,411 @@
+"""`setup`: everything a training run needs, resolved before the loop starts.
+
+`setup(config, workdir, role=...)` returns a `Run`: data, task, models, teacher source,
+objective, optimizer, state (fresh or restored) and the compiled step. Everything that
+can fail on bad input fails here, before any file in `workdir` is written; only then is
+the workdir claimed and its latest checkpoint restored. `train.loop.train(run)` then
+runs the plain loop.
+
+What a run *is* comes from its plug-ins, not from flags:
+
+* the task (`distill_jax.tasks`): what a batch holds, its loss and metrics;
+* the teacher source (`distill_jax.teachers`): none, online, or a cache;
+* the objective (`objective.Objective`): the whole loss with every hyperparameter;
+* the students (`steps.One` / `steps.Students`): one state, or N stacked (config `vmap`);
+* a `Variant` for a compression stage: start from trained weights, extra optimizer
+  transforms (pruning masks), a wrapped model (quantization-aware training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from distill_jax import config as config_lib
+from distill_jax import data as data_lib
+from distill_jax.errors import ConfigError
+from distill_jax.models import create_model
+from distill_jax.objective import Objective
+from distill_jax.parallel import Strategy, make_strategy
+from distill_jax.tasks import Classification, Task
+from distill_jax.teachers import CachedTeacher, NoTeacher, OnlineTeacher, Teacher, TeacherSource
+from distill_jax.train.checkpointing import Checkpointer
+from distill_jax.train.inputs import Data, check_teacher, load_data, teacher_source
+from distill_jax.train.optim import make_optimizer, scale_by_lr_scale
+from distill_jax.train.state import TrainState, create_student_states, create_train_state
+from distill_jax.train.steps import One, Students, frozen_inputs, make_train_step
+from distill_jax.train.workdir import prepare_workdir, restore, run_spec
+
+# data.pipeline = "auto" keeps a training split up to this size resident on the device.
+RESIDENT_MAX_BYTES = 1 << 30
+
+# ----------------------------------------------------------------------------- variant
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A student trained differently from the config's plain model: a compression stage.
+
+    Attributes:
+        spec: what defines it, recorded in the run's config.json (compared on resume).
+        init_from: start from this trained model's variables (same architecture).
+        transforms: optimizer transforms after the update (e.g. `compress.prune.pruning`).
+        wrap_model: maps the model to the one trained and evaluated (e.g. `compress.qat`).
+    """
+
+    spec: dict[str, Any]
+    init_from: Teacher | None = None
+    transforms: tuple[optax.GradientTransformation, ...] = ()
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def build_objective(
+    config: ml_collections.ConfigDict,
+    role: str,
+    task: Task,
+    model: nn.Module,
+    source: TeacherSource,
+    input_shape: tuple[int, ...],
+    num_data: int,
+) -> tuple[Objective, Callable | None]:
+    """The config's objective, checked against both models' features.
+
+    Returns:
+        `(objective, init_methods)`: `init_methods(key, student_variables)` initialises
+        the methods' parameters and memory banks inside the jitted state initialisation;
+        None when the objective has no methods.
+    """
+    label_smoothing = config[role].train.label_smoothing
+    distill_cfg = config.distill.to_dict()
+    common = dict(task=task, label_smoothing=label_smoothing, num_data=num_data)
+    if not isinstance(source, OnlineTeacher):  # no teacher, or a cache: no features
+        objective = Objective(distill_cfg, distilling=not isinstance(source, NoTeacher), **common)
+        if isinstance(source, CachedTeacher):
+            objective.check_cached_teacher(source.spec["top_k"])
+        return objective, None
+    teacher = source.teacher
+    dummy = jnp.zeros((2, *input_shape), jnp.float32)
+    s_logits, s_features = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], dummy
+    )
+    t_logits, t_features = jax.eval_shape(
+        lambda v, x: teacher.model.apply(v, x, train=False), teacher.variables, dummy
+    )
+    objective = Objective(distill_cfg, s_features, t_features, **common)
+    if not objective.methods:
+        return objective, None
+    if config.parallel.strategy == "pmap":
+        raise ConfigError(
+            "feature/relation distillation methods run with parallel.strategy='jit' "
+            "(memory banks and batch relations need the global batch); got 'pmap'"
+        )
+
+    def zeros(tree):
+        return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
+
+    def init_methods(key, student_variables):
+        student = {"logits": zeros(s_logits), "features": zeros(s_features)}
+        teacher_out = {"logits": zeros(t_logits), "features": zeros(t_features)}
+        batch = {"label": jnp.zeros((2,), jnp.int32), "index": jnp.arange(2), "mask": None}
+        per_method = objective.init(key, student, teacher_out, batch)
+        pick = lambda c: {n: v[c] for n, v in per_method.items() if c in v}  # noqa: E731
+        return pick("params"), pick("memory")
+
+    return objective, init_methods
+
+
+def student_grid(
+    config: ml_collections.ConfigDict, role: str, seed: int, distilling: bool
+) -> list[dict[str, Any]] | None:
+    """The students of a vmapped run (`config.vmap`), or None for a single run.
+
+    `vmap.students` seeds (seed, seed + 1, ...) for every combination of the listed
+    alphas, temperatures and learning rates (an empty list: the config's single value).
+    """
+    v = config.vmap
+    if (v.alpha or v.temperature) and not distilling:
+        raise ConfigError("vmap.alpha / vmap.temperature grids need a teacher (distill)")
+    combos = itertools.product(
+        list(v.alpha) or [config.distill.alpha],
+        list(v.temperature) or [config.distill.temperature],
+        list(v.learning_rate) or [config[role].train.learning_rate],
+    )
+    members = [
+        {"seed": seed + i, "alpha": float(a), "temperature": float(t), "learning_rate": float(lr)}
+        for a, t, lr in combos
+        for i in range(v.students)
+    ]
+    return members if len(members) > 1 else None
+
+
+# -------------------------------------------------------------------------------- run
+
+
+@dataclasses.dataclass
+class Run:
+    """A run ready to train: what `setup` resolved, and the state to start from.
+
+    Attributes:
+        config, workdir, role, seed: what was asked for.
+        data: the splits; `task`: how batches meet the model.
+        model: the module trained (with the pmap axis under pmap); `eval_model` the one
+            evaluated and returned.
+        teacher: the teacher source of the step; `compare_to` the teacher the test
+            metrics report agreement and KL against (or None).
+        students: `One()` or `Students(N)`; `members` the grid's settings (or None).
+        strategy: how state and batches are placed and the step compiled.
+        state: the TrainState to start from (restored when resuming), on the host.
+        checkpointer: the run's checkpoints; `metadata` saved beside each.
+        step: the compiled train step; `frozen` its read-only input, on the devices.
+        batches: `batches(start_step)` iterates the training batches from a step.
+        steps_per_epoch, total_steps: the budget; start_step where it resumes (0: fresh).
+    """
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    role: str
+    seed: int
+    data: Data
+    task: Task
+    model: nn.Module
+    eval_model: nn.Module
+    teacher: TeacherSource
+    compare_to: Teacher | None
+    students: One | Students
+    members: list[dict[str, Any]] | None
+    strategy: Strategy
+    state: TrainState
+    checkpointer: Checkpointer
+    metadata: dict[str, Any]
+    step: Callable
+    frozen: Any
+    batches: Callable[[int], Any]
+    steps_per_epoch: int
+    total_steps: int
+    start_step: int
+
+    @property
+    def train_cfg(self) -> ml_collections.ConfigDict:
+        return self.config[self.role].train
+
+
+def _check_inputs(config, role: str, data: Data, strategy: Strategy) -> int:
+    """Checks the batch against the data and devices; returns the steps per epoch."""
+    train = config[role].train
+    info = data.info
+    if info.input_kind == "tokens" and (train.translate or train.flip):
+        raise ConfigError(
+            f"{role}.train.translate and {role}.train.flip shift and mirror images; dataset "
+            f"'{info.name}' holds token ids, so set them to 0 and False"
+        )
+    strategy.check_batch(train.batch_size, f"{role}.train.batch_size")
+    steps_per_epoch = data_lib.steps_per_epoch(len(data.train), train.batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{role}.train.batch_size = {train.batch_size} is larger than the training split "
+            f"({len(data.train)} examples)"
+        )
+    return steps_per_epoch
+
+
+def _models(config, role, info, strategy, variant) -> tuple[nn.Module, nn.Module]:
+    """The module trained (with the pmap axis) and the one evaluated."""
+    kwargs = dict(dtype=config.dtype)
+    model = create_model(
+        config[role].model, info.num_classes, axis_name=strategy.axis_name, **kwargs
+    )
+    eval_model = create_model(config[role].model, info.num_classes, **kwargs)
+    if variant is not None and variant.wrap_model is not None:
+        model, eval_model = variant.wrap_model(model), variant.wrap_model(eval_model)
+    return model, eval_model
+
+
+def _plan(config, role: str, seed: int, teacher: Teacher | None, variant: Variant | None):
+    """Everything about the run that can fail on bad input; writes nothing."""
+    data = load_data(config)
+    info = data.info
+    strategy = make_strategy(config.parallel.strategy)
+    steps_per_epoch = _check_inputs(config, role, data, strategy)
+    source = teacher_source(config, role, data, teacher, steps_per_epoch)
+    model, eval_model = _models(config, role, info, strategy, variant)
+    train_cfg = config[role].train
+    task = Classification(train_cfg.translate, train_cfg.flip, config.eval.ece_bins)
+    objective, init_methods = build_objective(
+        config, role, task, model, source, info.image_shape, len(data.train)
+    )
+    members = student_grid(config, role, seed, not isinstance(source, NoTeacher))
+    if members is not None and variant is not None:
+        raise ConfigError("pruning, quantization and init_from train one student, not vmap")
+    if members is not None and not objective.is_default:
+        if config.vmap.alpha or config.vmap.temperature:
+            raise ConfigError(
+                "vmap.alpha / vmap.temperature grids apply to the default KD objective; "
+                "distill.losses is set"
+            )
+    transforms = (scale_by_lr_scale(),) if members is not None else ()
+    if variant is not None:
+        transforms = variant.transforms
+    tx, schedule = make_optimizer(train_cfg, steps_per_epoch, transforms)
+    return dict(
+        data=data,
+        strategy=strategy,
+        steps_per_epoch=steps_per_epoch,
+        source=source,
+        model=model,
+        eval_model=eval_model,
+        task=task,
+        objective=objective,
+        init_methods=init_methods,
+        members=members,
+        tx=tx,
+        schedule=schedule,
+    )
+
+
+def _initial_state(plan: dict[str, Any], seed: int, variant: Variant | None) -> TrainState:
+    """The fresh state of the run's student(s)."""
+    model, tx, info = plan["model"], plan["tx"], plan["data"].info
+    if plan["members"] is not None:
+        lr = plan["tx_learning_rate"]
+        return create_student_states(
+            model, tx, info.image_shape, plan["members"], lr, plan["init_methods"]
+        )
+    start = None if variant is None or variant.init_from is None else variant.init_from.variables
+    return create_train_state(
+        model, tx, info.image_shape, seed, plan["init_methods"], init_variables=start
+    )
+
+
+def _compile(config, role: str, seed: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """The compiled step, its read-only inputs on the devices, and the batch iterator."""
+    data, strategy, source = plan["data"], plan["strategy"], plan["source"]
+    data_seed = seed if config.data.shuffle_seed < 0 else config.data.shuffle_seed
+    members = plan["members"]
+    students = One() if members is None else Students(len(members), config.vmap.by)
+    step_fn = make_train_step(
+        plan["model"],
+        plan["tx"],
+        plan["objective"],
+        teacher=source,
+        students=students,
+        data_seed=data_seed,
+        axis_name=strategy.axis_name,
+        schedule=plan["schedule"],
+    )
+    # The training split stays on the device when it fits: only indices cross per step.
+    resident = config.data.pipeline == "device" or (
+        config.data.pipeline == "auto" and data.train.images.nbytes <= RESIDENT_MAX_BYTES
+    )
+    split = {"image": data.train.images, "label": data.train.labels} if resident else None
+    arrays = source.arrays()
+    frozen = frozen_inputs(
+        teacher=None if arrays is None else strategy.put_replicated(arrays),
+        data=None if split is None else strategy.put_replicated(split),
+    )
+    train_ds = data_lib.train_dataset(
+        data.train,
+        config[role].train.batch_size,
+        seed=data_seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        indices_only=resident,
+    )
+    workers = config.data.num_workers
+    return dict(
+        students=students,
+        step=strategy.compile_step(step_fn),
+        frozen=frozen,
+        batches=lambda start: data_lib.iterate(train_ds, start, num_workers=workers),
+    )
+
+
+def setup(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    role: str = "teacher",
+    seed: int | None = None,
+    teacher: Teacher | None = None,
+    compare_to: Teacher | None = None,
+    overwrite: bool = False,
+    variant: Variant | None = None,
+) -> Run:
+    """Resolves and checks a run, claims its workdir and restores its latest checkpoint.
+
+    Args:
+        config: the validated config.
+        workdir: the run's directory; a checkpoint there is resumed.
+        role: `teacher` or `student`: which model and train section to use.
+        seed: init/dropout/shuffle seed (default `config.seed`).
+        teacher: distil from this teacher (student role); None trains on labels alone,
+            or from `distill.cache` (the teacher is then only checked against it).
+        compare_to: the teacher to report agreement/KL against (default: `teacher`).
+        overwrite: discard a checkpoint of a different config in `workdir`.
+        variant: a compression stage (`Variant`); None for the config's plain student.
+    """
+    if role not in config_lib.ROLES:
+        raise ConfigError(f"role must be one of {config_lib.ROLES}, got {role!r}")
+    seed = config.seed if seed is None else seed
+    compare_to = teacher if compare_to is None else compare_to
+    data = load_data(config)
+    for t in {id(t): t for t in (teacher, compare_to) if t is not None}.values():
+        check_teacher(t, data.info)
+    if config.data.pipeline == "device" and not isinstance(data.train, data_lib.ArraySplit):
+        raise ConfigError("data.pipeline='device' needs the training split in memory")
+    plan = _plan(config, role, seed, teacher, variant)
+    plan["tx_learning_rate"] = config[role].train.learning_rate
+    spec = run_spec(
+        config,
+        role,
+        seed,
+        plan["source"],
+        teacher,
+        plan["members"],
+        None if variant is None else variant.spec,
+    )
+    state = _initial_state(plan, seed, variant)  # refuses start variables that do not fit
+    # -- only now is anything written ---------------------------------------------------
+    prepare_workdir(workdir, spec, overwrite)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    state = restore(checkpointer, state)
+    info = data.info
+    return Run(
+        config=config,
+        workdir=workdir,
+        role=role,
+        seed=seed,
+        data=data,
+        task=plan["task"],
+        model=plan["model"],
+        eval_model=plan["eval_model"],
+        teacher=plan["source"],
+        compare_to=compare_to,
+        members=plan["members"],
+        strategy=plan["strategy"],
+        state=state,
+        checkpointer=checkpointer,
+        metadata={
+            "role": role,
+            "num_classes": info.num_classes,
+            "image_shape": list(info.image_shape),
+            "teacher": spec["teacher"],
+            "config": spec,
+        },
+        steps_per_epoch=plan["steps_per_epoch"],
+        total_steps=int(config[role].train.epochs * plan["steps_per_epoch"]),
+        start_step=int(np.max(state.step)),
+        **_compile(config, role, seed, plan),
+    )
