@@ -24,7 +24,6 @@ from distill_jax import faults
 from distill_jax.errors import Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.report import summarize
-from distill_jax.teachers import Teacher
 from distill_jax.train.hooks import (
     MetricsLog,
     PreemptionSignals,
@@ -192,37 +191,19 @@ def _test(run: Run, final: TrainState, skipped: int) -> FitResult:
 
 
 def fit(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    role: str = "teacher",
-    seed: int | None = None,
-    teacher: Teacher | None = None,
-    compare_to: Teacher | None = None,
-    overwrite: bool = False,
-    variant: Variant | None = None,
-    desc: str | None = None,
+    config: ml_collections.ConfigDict, workdir: str, *, desc: str | None = None, **kwargs: Any
 ) -> FitResult:
     """Trains `config[role]` (alone, or distilled from `teacher`) and evaluates it.
 
-    `train(setup(...), desc)`; the arguments are `setup`'s (train/setup.py) and the
-    progress bar's label.
+    `train(setup(config, workdir, **kwargs), desc)`: the keyword arguments are `setup`'s
+    (`role`, `seed`, `teacher`, `compare_to`, `overwrite`, `variant`; train/setup.py);
+    `desc` labels the progress bar.
 
     Returns:
         The trained model, its variables and its test metrics (for vmapped students:
         stacked variables, mean metrics with `*_std`, and `FitResult.students`).
     """
-    run = setup(
-        config,
-        workdir,
-        role=role,
-        seed=seed,
-        teacher=teacher,
-        compare_to=compare_to,
-        overwrite=overwrite,
-        variant=variant,
-    )
-    return train(run, desc)
+    return train(setup(config, workdir, **kwargs), desc)
 
 
 __all__ = [

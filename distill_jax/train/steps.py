@@ -108,55 +108,22 @@ class Students:
         return jax.vmap(update, in_axes=in_axes)(state, *shared)
 
 
-def make_train_step(
+def make_update(
     model: nn.Module,
     tx: optax.GradientTransformation,
     objective: Objective,
-    *,
-    teacher: TeacherSource | None = None,
-    students: One | Students | None = None,
-    data_seed: int | None = None,
     axis_name: str | None = None,
     schedule: optax.Schedule | None = None,
-) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
-    """Builds the train step.
+) -> Update:
+    """The student's update: `update(state, inputs, labels, index, teacher_out)`.
 
-    Args:
-        model: the student (or the model trained alone).
-        tx: its optimizer, over `{"student": params, "methods": method params}`.
-        objective: the whole loss; its task (`objective.task`) also says how a batch is
-            augmented and which metrics the step reports.
-        teacher: where the teacher's outputs come from (default: none).
-        students: `One()` (default) or `Students(N)` for N stacked states.
-        data_seed: the seed whose key draws the augmentation (shared by all students);
-            None draws it from each state's own key (then `data_seed == seed`).
-        axis_name: the pmap axis name, or None under jit.
-        schedule: the learning-rate schedule, only to log the current rate.
-
-    Returns:
-        `train_step(state, frozen, batch)`: `frozen` from `frozen_inputs`. `batch` holds
-        `image` (inputs), `label` (B,), `index` (B,), or only `index` when the split is
-        in `frozen["data"]`.
+    The objective's loss and its gradients (teacher outputs arrive as inputs: no gradient
+    can reach the teacher), the optimizer update, and the divergence guard. Under pmap
+    (`axis_name`) gradients, metrics and BatchNorm statistics are averaged over devices.
     """
-    task: Task = objective.task
-    teacher = NoTeacher() if teacher is None else teacher
-    students = One() if students is None else students
-    if isinstance(students, Students) and data_seed is None:
-        raise ValueError("vmapped students share one augmentation: pass data_seed")
-    fixed_data_key = None if data_seed is None else train_key(data_seed)
+    task = objective.task
 
-    def inputs(step, rng, frozen, batch):
-        """The batch's training view, labels and example indices."""
-        index = batch["index"]
-        if "data" in frozen:  # resident split: gather the rows on the device
-            raw, labels = frozen["data"]["image"][index], frozen["data"]["label"][index]
-        else:
-            raw, labels = batch["image"], batch["label"]
-        data_key = rng if fixed_data_key is None else fixed_data_key
-        aug_key, _ = jax.random.split(jax.random.fold_in(data_key, step))
-        return task.augment(teacher.augment_key(step, aug_key), raw, index), labels, index
-
-    def update(state: TrainState, images, labels, index, teacher_out):
+    def update(state: TrainState, inputs, labels, index, teacher_out):
         step_key = jax.random.fold_in(state.rng, state.step)
         _, dropout_key = jax.random.split(step_key)
         method_key = jax.random.fold_in(step_key, 2)  # CRD's negatives
@@ -171,7 +138,7 @@ def make_train_step(
                 variables["batch_stats"] = state.batch_stats
                 mutable = ["batch_stats"]
             (logits, features), updates = model.apply(
-                variables, images, train=True, rngs={"dropout": dropout_key}, mutable=mutable
+                variables, inputs, train=True, rngs={"dropout": dropout_key}, mutable=mutable
             )
             loss, terms, memory = objective(
                 trainable["methods"],
@@ -212,6 +179,58 @@ def make_train_step(
         new_state = new_state.replace(step=state.step + 1)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return new_state, metrics
+
+    return update
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    *,
+    teacher: TeacherSource | None = None,
+    students: One | Students | None = None,
+    data_seed: int | None = None,
+    axis_name: str | None = None,
+    schedule: optax.Schedule | None = None,
+) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
+    """Builds the train step.
+
+    Args:
+        model: the student (or the model trained alone).
+        tx: its optimizer, over `{"student": params, "methods": method params}`.
+        objective: the whole loss; its task (`objective.task`) also says how a batch is
+            augmented and which metrics the step reports.
+        teacher: where the teacher's outputs come from (default: none).
+        students: `One()` (default) or `Students(N)` for N stacked states.
+        data_seed: the seed whose key draws the augmentation (shared by all students);
+            None draws it from each state's own key (then `data_seed == seed`).
+        axis_name: the pmap axis name, or None under jit.
+        schedule: the learning-rate schedule, only to log the current rate.
+
+    Returns:
+        `train_step(state, frozen, batch)`: `frozen` from `frozen_inputs`. `batch` holds
+        `image` (inputs), `label` (B,), `index` (B,), or only `index` when the split is
+        in `frozen["data"]`.
+    """
+    task: Task = objective.task
+    teacher = NoTeacher() if teacher is None else teacher
+    students = One() if students is None else students
+    if isinstance(students, Students) and data_seed is None:
+        raise ValueError("vmapped students share one augmentation: pass data_seed")
+    fixed_data_key = None if data_seed is None else train_key(data_seed)
+    update = make_update(model, tx, objective, axis_name, schedule)
+
+    def inputs(step, rng, frozen, batch):
+        """The batch's training view, labels and example indices."""
+        index = batch["index"]
+        if "data" in frozen:  # resident split: gather the rows on the device
+            raw, labels = frozen["data"]["image"][index], frozen["data"]["label"][index]
+        else:
+            raw, labels = batch["image"], batch["label"]
+        data_key = rng if fixed_data_key is None else fixed_data_key
+        aug_key, _ = jax.random.split(jax.random.fold_in(data_key, step))
+        return task.augment(teacher.augment_key(step, aug_key), raw, index), labels, index
 
     def train_step(state: TrainState, frozen: Any, batch: Batch):
         step = students.step_of(state)
