@@ -27,9 +27,10 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from distill_jax.errors import ConfigError, DistillError, Preempted
+from distill_jax.errors import ConfigError, DistillError, Preempted, UserCodeError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,9 +115,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     rest, overrides = [], []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if arg.startswith("--config."):
-            overrides.append(arg[len("--config.") :])
+            item = arg[len("--config.") :]
+            if "=" not in item:
+                value = argv[i + 1] if i + 1 < len(argv) else "VALUE"
+                raise ConfigError(f"write config overrides as --config.{item}={value} (with '=')")
+            overrides.append(item)
+        elif i > 0 and argv[i - 1].startswith("--config.") and "=" not in argv[i - 1]:
+            continue
         else:
             rest.append(arg)
     return rest, overrides
@@ -131,23 +138,39 @@ def _load(args: argparse.Namespace, overrides: list[str]):
         "distill.cache": getattr(args, "teacher_cache", None),
         "vmap.students": getattr(args, "vmap_students", None),
     }
-    overrides = [*overrides, *(f"{k}={v!r}" for k, v in flags.items() if v)]
+    overrides = [*overrides, *(f"{k}={v!r}" for k, v in flags.items() if v is not None)]
+    if args.config is None and not overrides and args.command in ("train", "distill", "run"):
+        print(
+            f"distill-jax: note: no --config and no --config.KEY=VALUE overrides given; "
+            f"{args.command} uses the defaults of distill_jax/config.py",
+            file=sys.stderr,
+        )
     return config_lib.load_config(args.config, overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `distill-jax` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    rest, overrides = _split_overrides(argv)
-    args = _parser().parse_args(rest)
+    debug = "--debug" in argv
     try:
+        rest, overrides = _split_overrides(argv)
+        args = _parser().parse_args(rest)
         return _dispatch(args, overrides)
     except DistillError as e:
-        if args.debug:
+        if debug:
             raise
+        if isinstance(e, UserCodeError) and e.__cause__ is not None:
+            traceback.print_exception(e.__cause__, file=sys.stderr)
         kind = "preempted" if isinstance(e, Preempted) else "error"
         print(f"distill-jax: {kind}: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a traceback
+        if debug:
+            raise
+        print(
+            "distill-jax: interrupted (no checkpoint written since the last one)", file=sys.stderr
+        )
+        return 130
 
 
 def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -286,6 +309,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = loop.load_teacher(args.workdir, args.checkpoint, what="run")  # any run loads alike
     with open(os.path.join(args.workdir, loop.CONFIG_FILE)) as f:
         spec = json.load(f)
+    name = (spec.get("data") or {}).get("name", "")
+    data_lib.check_known_dataset(name, os.path.join(args.workdir, loop.CONFIG_FILE))
     data_cfg = dict(spec["data"], data_dir=args.data_dir or spec["data"].get("data_dir"))
     data_cfg = config_lib.from_dict({"data": data_cfg}).data
     split = data_lib.load_split(

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from distill_jax.errors import ConfigError
+from distill_jax.errors import ConfigError, UserCodeError
 
 ROLES = ("teacher", "student")
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -207,16 +207,43 @@ def import_file(path: str | os.PathLike, beside: str | None = None) -> Any:
 
 
 def _read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file's contents as a plain dict.
+
+    A `.py` config is code: it runs when loaded (trust it as you would a script). A
+    `.json` config is data only. Errors raised inside a Python config's own code keep
+    their traceback (they are the user's), prefixed with the file that raised them.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     if path.endswith(".json"):
-        with open(path) as f:
-            return json.load(f)
-    module = import_file(path)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} defines no get_config()")
-    return _to_plain(module.get_config())
+        try:
+            with open(path) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    elif path.endswith(".py"):
+        try:
+            module = import_file(path)
+            get_config = getattr(module, "get_config", None)
+            if get_config is None:
+                raise ConfigError(f"config file {path} defines no get_config()")
+            cfg = _to_plain(get_config())
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise UserCodeError(f"config file {path} raised {type(e).__name__}: {e}") from e
+    else:
+        raise ConfigError(
+            f"config file {path}: use a Python file defining get_config() (.py) or a JSON "
+            f"file (.json)"
+        )
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(
+            f"config file {path} must give a dict or ConfigDict (get_config() or the JSON "
+            f"top level), got {type(cfg).__name__}"
+        )
+    return cfg
 
 
 def _to_plain(obj: Any) -> Any:
@@ -423,7 +450,8 @@ def _validate_vmap(vmap: dict[str, Any]) -> None:
     ):
         for v in vmap[key]:
             bad = isinstance(v, bool) or not isinstance(v, int | float)
-            if bad or v < low or (high is not None and v > high) or (high is None and v <= 0):
+            in_range = v <= high if high is not None else v > 0  # NaN is never in range
+            if bad or not (v >= low and in_range):
                 valid = f"in [{low}, {high}]" if high is not None else "> 0"
                 raise ConfigError(f"vmap.{key} entries must be numbers {valid}, got {v!r}")
 

@@ -21,6 +21,11 @@ class ConfigError(DistillError, ValueError):
     """A config key, value or combination that is not valid."""
 
 
+class UserCodeError(ConfigError):
+    """The user's own code (a Python config file) raised: the CLI shows that traceback,
+    then one line naming the file."""
+
+
 class DatasetError(DistillError):
     """A dataset that is unknown, not prepared, or cannot be read."""
 

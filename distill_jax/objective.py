@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,15 +40,24 @@ def _all_names() -> list[str]:
     return sorted(set(LOSSES) - {"cross_entropy"} | set(METHODS))
 
 
-def _hyperparameters(name: str) -> list[str]:
+def _hyperparameters(name: str) -> dict[str, Any]:
+    """A loss's or method's configurable hyperparameters and their defaults."""
     if name in METHODS:
-        return [
-            f.name
+        return {
+            f.name: f.default
             for f in dataclasses.fields(METHODS[name])
             if f.init and f.name not in ("parent", "name", *_SUPPLIED)
-        ]
+        }
     params = inspect.signature(LOSSES[name]).parameters
-    return [p for p in params if p not in _SUPPLIED]
+    return {p: v.default for p, v in params.items() if p not in _SUPPLIED}
+
+
+def _check_value(where: str, value: Any, default: Any) -> None:
+    """Numbers must be finite; a list-valued hyperparameter (feature names) a list."""
+    if isinstance(default, tuple) and isinstance(value, str):
+        raise ConfigError(f"{where} must be a list (e.g. [{value!r}]), got the string {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
 
 
 def validate_losses(losses: Mapping[str, Any], key: str = "distill.losses") -> None:
@@ -63,17 +73,21 @@ def validate_losses(losses: Mapping[str, Any], key: str = "distill.losses") -> N
         if not isinstance(spec, Mapping) or "weight" not in spec:
             raise ConfigError(f"{key}.{name} must be a dict with a 'weight', got {spec!r}")
         weight = spec["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        bad = isinstance(weight, bool) or not isinstance(weight, int | float)
+        if bad or not weight >= 0 or not math.isfinite(weight):  # NaN fails too
             raise ConfigError(f"{key}.{name}.weight must be a number >= 0, got {weight!r}")
         allowed = _hyperparameters(name)
-        for k in spec:
-            if k != "weight" and k not in allowed:
-                close = difflib.get_close_matches(k, allowed, n=1)
+        for k, value in spec.items():
+            if k == "weight":
+                continue
+            if k not in allowed:
+                close = difflib.get_close_matches(k, list(allowed), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(
                     f"unknown key '{key}.{name}.{k}'{hint}; valid keys: "
                     f"{', '.join(['weight', *allowed])}"
                 )
+            _check_value(f"{key}.{name}.{k}", value, allowed[k])
 
 
 @dataclasses.dataclass(frozen=True)

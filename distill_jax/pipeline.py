@@ -26,6 +26,7 @@ from distill_jax.report import (
     write_report,
 )
 from distill_jax.train.loop import fit, load_data, load_teacher, read_metrics
+from distill_jax.train.workdir import claim
 
 
 def student_runs(
@@ -67,6 +68,7 @@ def run(
         raise config_lib.ConfigError(f"--seeds must be >= 1, got {seeds}")
     t0 = time.time()
     data = load_data(config)  # fails early on a bad dataset
+    claim(workdir, "run", config, overwrite=overwrite)
     say = print if verbose else (lambda *a, **k: None)
 
     say(f"[1/3] teacher: {config.teacher.model.to_dict()}")

@@ -26,6 +26,7 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax.report import describe_meta, run_meta, write_outputs
 from distill_jax.train.loop import fit, load_teacher
+from distill_jax.train.workdir import claim
 
 
 def _pair_config(config: ml_collections.ConfigDict, pair: str, method: dict | None, seed: int):
@@ -73,7 +74,9 @@ def sweep(
     all_methods = config.sweep.methods.to_dict()
     pairs = list(pairs or config.sweep.pairs)
     methods = list(methods or all_methods)
-    seeds = seeds or config.sweep.seeds
+    seeds = config.sweep.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise config_lib.ConfigError(f"--seeds must be >= 1, got {seeds}")
     for m in methods:
         if m not in all_methods:
             raise config_lib.ConfigError(
@@ -91,6 +94,7 @@ def sweep(
         with open(config.sweep.published) as f:
             published = json.load(f)
 
+    claim(workdir, "sweep", config)
     runs, rows, test_examples = [], [], None
     for pair in pairs:
         pair_dir = os.path.join(workdir, pair.replace(":", "_to_"))

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from distill_jax.config import load_config
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model
 from distill_jax.teachers import Teacher
-from distill_jax.train.checkpointing import Checkpointer, saved_state_keys
+from distill_jax.train.checkpointing import NO_CHECKSUM, Checkpointer, saved_state_keys
 from distill_jax.train.loop import fit, load_teacher
 from distill_jax.train.optim import make_optimizer
 from distill_jax.train.state import create_train_state
@@ -158,3 +159,24 @@ def test_a_workdir_from_before_the_typed_state_fails_with_what_to_do(tiny_config
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
     assert main(["train", "--workdir", str(tmp_path / "run"), "--overwrite", *args]) == 0
     assert "extra" not in saved_state_keys(str(tmp_path / "run" / "checkpoints"))
+
+
+def test_a_step_without_checksum_is_never_re_blessed(tmp_path):
+    """A step found on disk without its checksum (a killed save, or a tampered step whose
+    checksum was removed) stays unverified when the next run saves new steps."""
+    model = create_model({"name": "mlp", "hidden": [4]}, 10)
+    tx, _ = make_optimizer(load_config(None).student.train.to_dict(), steps_per_epoch=1)
+    state = create_train_state(model, tx, (8, 8, 1), 0)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=10)
+    ckpt.save(1, state, {})
+    ckpt.wait()
+    ckpt.close()
+    assert Checkpointer(tmp_path / "ckpt", read_only=True).verify(1) is None
+    os.remove(tmp_path / "ckpt" / "checksums" / "1.json")
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=10)  # the next run
+    ckpt.save(2, state, {})
+    ckpt.wait()
+    ckpt.close()
+    reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    assert reader.verify(2) is None
+    assert reader.verify(1) == NO_CHECKSUM and "unverified" in NO_CHECKSUM

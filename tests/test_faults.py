@@ -174,19 +174,21 @@ def test_corrupt_latest_checkpoint_falls_back(data_dir, tmp_path, reference, cor
     shutil.copytree(reference[0], workdir)
     step, steps, victim = _latest_step_files(workdir)
     corrupt(victim)
-    # evaluate refuses the corrupt step with a message naming it.
-    bad = subprocess.run(
+    # evaluate falls back to the newest intact step, naming the one it skipped.
+    previous = steps[-2]
+    evaluated = subprocess.run(
         [EXE, "evaluate", "--workdir", str(workdir)],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 2 and f"/{step} is corrupt" in bad.stderr
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"checkpoint step {step} is not usable" in evaluated.stderr
+    assert f"using step {previous}" in evaluated.stderr
     # train falls back to the newest intact step and ends where the reference ended.
     result = _train(data_dir, workdir)
     assert result.returncode == 0, result.stderr
-    previous = steps[-2]
     assert f"checkpoint step {step}" in result.stderr and "is corrupt" in result.stderr
     assert f"resumed from step {previous}" in result.stderr
     assert os.path.isdir(workdir / "checkpoints" / f"corrupt-{step}")
@@ -206,6 +208,7 @@ def test_no_intact_checkpoint_stops_instead_of_starting_over(data_dir, tmp_path,
     result = _train(data_dir, workdir)
     assert result.returncode == 2
     assert "no intact checkpoint to resume from" in result.stderr
+    assert f"delete {ckpt_dir}" in result.stderr  # advice that helps (--overwrite would not)
     assert "Traceback" not in result.stderr
     assert Checkpointer(ckpt_dir, read_only=True).all_steps() == steps  # nothing deleted
 

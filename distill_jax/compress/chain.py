@@ -45,6 +45,7 @@ from distill_jax.models import create_model
 from distill_jax.report import describe_meta, run_meta, write_outputs
 from distill_jax.teachers import Teacher
 from distill_jax.train.loop import fit, load_data, load_teacher
+from distill_jax.train.workdir import claim
 
 
 def disk_bytes(variables: Any) -> int:
@@ -156,6 +157,8 @@ def compress(
         student = create_model(config.student.model.to_dict(), info.num_classes)
         shapes = jax.eval_shape(lambda x: student.init(jax.random.PRNGKey(0), x), example)
         check_prunable(config.student.model.to_dict(), shapes["params"], c.channel_criterion)
+
+    claim(workdir, "compress", config, reads={"--teacher": teacher_dir})
 
     # -- 1. teacher, dense student alone, distilled student --------------------------
     if teacher_dir is None:

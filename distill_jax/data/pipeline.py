@@ -52,14 +52,44 @@ def resolve_data_dir(data_dir: str | None) -> str:
       `data_dir` (with `~` expanded) if given, else `$TFDS_DATA_DIR` if set, else
       `$XDG_CACHE_HOME/distill_jax/tensorflow_datasets` (`XDG_CACHE_HOME` defaults to
       `~/.cache`). The directory is not created here; preparing a dataset creates it.
+
+    Raises:
+      DatasetError: the path exists and is a file.
     """
     if data_dir:
-        return os.path.expanduser(os.fspath(data_dir))
-    env = os.environ.get("TFDS_DATA_DIR")
-    if env:
-        return os.path.expanduser(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return os.path.join(os.path.expanduser(cache), "distill_jax", "tensorflow_datasets")
+        path = os.path.expanduser(os.fspath(data_dir))
+    elif os.environ.get("TFDS_DATA_DIR"):
+        path = os.path.expanduser(os.environ["TFDS_DATA_DIR"])
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        path = os.path.join(os.path.expanduser(cache), "distill_jax", "tensorflow_datasets")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DatasetError(f"the data dir {path} is a file, not a directory (--data_dir)")
+    return path
+
+
+def check_known_dataset(name: str, where: str) -> None:
+    """Refuses a dataset name that is neither embedded nor in the TFDS catalogue.
+
+    For names read from files someone else may have written (a workdir's config.json):
+    loading an unregistered TFDS dataset reads its metadata, which names Python classes
+    to import, so a crafted directory could make the tool import any installed module.
+
+    Raises:
+      DatasetError: naming `where` the name came from.
+    """
+    base = name.partition("/")[0]
+    if base in EMBEDDED_DATASETS:
+        return
+    tfds_name = name[len(TFDS_PREFIX) :].partition("/")[0].partition(":")[0]
+    if name.startswith(TFDS_PREFIX) and tfds_name in tfds.list_builders(
+        with_community_datasets=False
+    ):
+        return
+    raise DatasetError(
+        f"{where} names dataset {name!r}, which is neither embedded nor in the TFDS "
+        f"catalogue; only known datasets are loaded from a run's files"
+    )
 
 
 def _known_names_hint() -> str:
@@ -93,7 +123,12 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
             builder = EMBEDDED_DATASETS[base](data_dir=data_dir, **kwargs)
         except ValueError as e:  # unknown builder config
             raise DatasetError(f"Unknown dataset '{name}': {e}") from None
-        builder.download_and_prepare(file_format="array_record")
+        try:
+            builder.download_and_prepare(file_format="array_record")
+        except OSError as e:
+            raise DatasetError(
+                f"cannot prepare dataset '{name}' in {data_dir}: {e.strerror or e}"
+            ) from None
         return builder
     if not name.startswith(TFDS_PREFIX) or not name[len(TFDS_PREFIX) :]:
         raise DatasetError(f"Unknown dataset '{name}'. {_known_names_hint()}")
@@ -325,9 +360,17 @@ def load_split(
         return lazy
     images = np.zeros((len(source), *info.image_shape), info.input_dtype)
     labels = np.zeros((len(source),), np.int32)
-    for start in range(0, len(source), _READ_CHUNK):
-        stop = min(start + _READ_CHUNK, len(source))
-        images[start:stop], labels[start:stop] = lazy.read(np.arange(start, stop))
+    try:
+        for start in range(0, len(source), _READ_CHUNK):
+            stop = min(start + _READ_CHUNK, len(source))
+            images[start:stop], labels[start:stop] = lazy.read(np.arange(start, stop))
+    except Exception as e:  # noqa: BLE001 (array_record and the decoders raise many kinds)
+        message = " ".join(str(e).split())[:200]
+        raise DatasetError(
+            f"the prepared files of dataset '{name}' in {builder.data_dir} are damaged "
+            f"({type(e).__name__}: {message}); delete that directory and run again to "
+            f"prepare it anew"
+        ) from None
     return ArraySplit(images=images, labels=labels, info=info)
 
 

@@ -16,6 +16,7 @@ dataset, never from the model config.
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,14 +117,43 @@ def validate_model_config(model_cfg: Mapping[str, Any], key: str) -> None:
         fields = model_fields(model_cfg["name"])
     except ConfigError as e:
         raise ConfigError(f"{key}.name: {e}") from None
-    for k in model_cfg:
-        if k != "name" and k not in fields:
+    defaults = {f.name: f.default for f in dataclasses.fields(get_model_class(model_cfg["name"]))}
+    for k, value in model_cfg.items():
+        if k == "name":
+            continue
+        if k not in fields:
             close = difflib.get_close_matches(k, fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
                 f"unknown key '{key}.{k}'{hint} for model '{model_cfg['name']}'; "
                 f"valid keys: {', '.join(['name', *fields])}"
             )
+        _check_model_value(f"{key}.{k}", value, defaults[k])
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_model_value(where: str, value: Any, default: Any) -> None:
+    """A model argument of the type its default has: sizes are positive integers (layer
+    indices non-negative), rates finite and dropout in [0, 1)."""
+    if isinstance(default, tuple) and default and _is_int(default[0]):
+        low = 0 if where.endswith("layers") else 1
+        if not isinstance(value, list | tuple) or not all(_is_int(v) and v >= low for v in value):
+            raise ConfigError(
+                f"{where} must be a list of integers >= {low}, e.g. {list(default)}, got {value!r}"
+            )
+    elif _is_int(default) and (not _is_int(value) or value < 0):
+        raise ConfigError(f"{where} must be an integer >= 0, got {value!r}")
+    elif isinstance(default, float) and not isinstance(default, bool):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        if "dropout" in where.rsplit(".", 1)[-1] and not 0.0 <= value < 1.0:
+            raise ConfigError(f"{where} is a dropout rate: it must be in [0, 1), got {value!r}")
+    elif isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
 
 
 def create_model(

@@ -27,11 +27,15 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from distill_jax.errors import CheckpointError
+from distill_jax.report import atomic_write
 
 BEST_METRIC = "val_accuracy"
 _ITEMS = ("state", "metadata")
 CHECKSUM_DIR = "checksums"
-NO_CHECKSUM = "it has no checksum (its save did not finish)"
+NO_CHECKSUM = (
+    "it is unverified: it has no checksum (its save may not have finished, or the "
+    "checksum was deleted)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +199,13 @@ class Checkpointer:
         )
 
     def _write_checksums(self) -> None:
-        """Checksums committed steps that have none (even while a newer save is in flight)
-        and drops the checksums of steps Orbax has deleted."""
+        """Checksums the committed steps this Checkpointer saved (even while a newer save
+        is in flight) and drops the checksums of steps Orbax has deleted.
+
+        A step found on disk without a checksum is never checksummed here: it may be a
+        save that was killed half-way, or a step whose files were changed and whose
+        checksum was removed. It stays unverified (`restore_verified` uses it only as a
+        last resort, with a warning)."""
         if self.read_only or jax.process_index() != 0:  # one writer in multi-process runs
             return
         steps = self._committed_steps()
@@ -208,16 +217,13 @@ class Checkpointer:
                 os.remove(os.path.join(checksum_dir, name))
         for step in steps:
             path = self._checksum_path(step)
-            if os.path.exists(path):
+            if step not in self._unchecked or os.path.exists(path):
                 continue
             try:
                 digest = step_digest(os.path.join(self.directory, str(step)))
             except FileNotFoundError:  # deleted by Orbax's retention meanwhile
                 continue
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(digest, f, indent=0)
-            os.replace(tmp, path)  # atomic: a checksum file is whole or absent
+            atomic_write(path, json.dumps(digest, indent=0))  # whole or absent
         self._unchecked -= set(steps)
         self._unchecked = {s for s in self._unchecked if s > max(steps, default=-1)}
 
@@ -274,7 +280,8 @@ class Checkpointer:
         raise CheckpointError(
             "no intact checkpoint to resume from; "
             + "; ".join(problems.values())
-            + ". Restore the files, or start afresh in a new --workdir (or with --overwrite)"
+            + f". Restore the files, or start afresh: delete {self.directory} (or use a "
+            f"new --workdir)"
         )
 
     def quarantine(self, step: int) -> str:

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import json
 import os
+import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,8 @@ from distill_jax import data as data_lib
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
 from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher, TeacherSource
-from distill_jax.train.checkpointing import Checkpointer, has_checkpoint
-from distill_jax.train.teacher_cache import check_cache, load_cache
+from distill_jax.train.checkpointing import NO_CHECKSUM, Checkpointer, has_checkpoint
+from distill_jax.train.teacher_cache import check_cache, fingerprint, load_cache
 from distill_jax.train.workdir import CONFIG_FILE
 
 
@@ -87,20 +89,18 @@ def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher")
             f"{what} directory {teacher_dir} holds no distill-jax checkpoint "
             f"(expected {CONFIG_FILE} and checkpoints/<step>/ written by `distill-jax train`)"
         )
-    with open(cfg_path) as f:
-        spec = json.load(f)
-    ckpt = Checkpointer(ckpt_dir, read_only=True)
-    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-    step = ckpt.latest_step() if step is None else step
-    problem = ckpt.verify(step)
-    if problem is not None:
+    try:
+        with open(cfg_path) as f:
+            spec = json.load(f)
+        model_cfg = spec["model"]
+        validate_model_config(model_cfg, f"{cfg_path}: model")  # a config read from disk
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        what_is_wrong = f"no {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(
-            f"{what} checkpoint {ckpt_dir}/{step} is corrupt: {problem}; retrain it or "
-            f"restore its files"
-        )
-    raw, metadata = ckpt.restore(step)
-    model_cfg = spec["model"]
-    validate_model_config(model_cfg, f"{cfg_path}: model")  # a config read from disk
+            f"{what} directory {teacher_dir}: {CONFIG_FILE} is not a distill-jax run config "
+            f"({what_is_wrong}); was it written by `distill-jax train`?"
+        ) from None
+    step, raw, metadata = _newest_intact(Checkpointer(ckpt_dir, read_only=True), which, what)
     num_classes, image_shape = metadata["num_classes"], tuple(metadata["image_shape"])
     model = create_model(model_cfg, num_classes, dtype=spec.get("dtype", "float32"))
     variables = {"params": raw["params"]}
@@ -123,8 +123,53 @@ def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher")
         "num_classes": num_classes,
         "image_shape": list(image_shape),
         "dataset": spec.get("data", {}).get("name"),
+        # Its exact weights: a student resumed after its teacher was retrained in the
+        # same directory is refused (workdir.prepare_workdir).
+        "sha256": fingerprint(variables),
     }
     return Teacher(model=model, variables=jax.device_get(variables), identity=identity)
+
+
+def _newest_intact(ckpt: Checkpointer, which: str, what: str) -> tuple[int, Any, dict]:
+    """The step to load (`best`, else the latest) or, when its files are damaged or
+    unverified, the newest intact step before it (with a warning)."""
+    steps = list(reversed(ckpt.all_steps()))
+    if which == "best":
+        try:
+            best = ckpt.best_step()
+        except Exception:  # noqa: BLE001 (a damaged step's metadata: fall back below)
+            best = None
+        steps = ([best] if best is not None else []) + [s for s in steps if s != best]
+    problems: dict[int, str] = {}
+    for step in steps:
+        problem = ckpt.verify(step)
+        if problem is None:
+            try:
+                raw, metadata = ckpt.restore(step)
+            except CheckpointError as e:
+                problem = str(e)
+            else:
+                if problems:
+                    first = next(iter(problems))
+                    print(
+                        f"distill-jax: warning: {what} checkpoint step {first} is not usable "
+                        f"({problems[first]}); using step {step}",
+                        file=sys.stderr,
+                    )
+                return step, raw, metadata
+        problems[step] = problem
+    unverified = [s for s, p in problems.items() if p == NO_CHECKSUM]
+    if unverified:
+        raise CheckpointError(
+            f"{what} checkpoint {ckpt.directory}/{unverified[0]} {NO_CHECKSUM}, and no "
+            f"step is intact; rerun the `distill-jax train` command that wrote it to "
+            f"finish it (or restore its files)"
+        )
+    listed = "; ".join(f"step {s}: {p}" for s, p in problems.items())
+    raise CheckpointError(
+        f"{what} directory {os.path.dirname(ckpt.directory)} has no intact checkpoint "
+        f"({listed}); restore its files or retrain it"
+    )
 
 
 def teacher_in_dtype(teacher: Teacher, dtype: str) -> Teacher:

@@ -124,6 +124,13 @@ def build_objective(
         pick = lambda c: {n: v[c] for n, v in per_method.items() if c in v}  # noqa: E731
         return pick("params"), pick("memory")
 
+    # Trace the methods once now: one that cannot work with these models (say, CRD given
+    # two features) fails here with its message, before anything is written.
+    try:
+        jax.eval_shape(init_methods, jax.random.PRNGKey(0), None)
+    except (ValueError, TypeError, KeyError) as e:
+        names = ", ".join(t.name for t in objective.methods)
+        raise ConfigError(f"distill.losses ({names}) cannot run on these models: {e}") from None
     return objective, init_methods
 
 
@@ -332,6 +339,17 @@ def _compile(config, role: str, seed: int, plan: dict[str, Any]) -> dict[str, An
     )
 
 
+def _reads(config, teacher, compare_to, variant) -> dict[str, str | None]:
+    """The directories a run reads, which its workdir must not be (or hold, or sit in)."""
+    identity = lambda t: None if t is None else t.identity.get("workdir")  # noqa: E731
+    return {
+        "--teacher": identity(teacher),
+        "the compared teacher": identity(compare_to),
+        "--teacher_cache": config.distill.cache or None,
+        "the starting model": identity(None if variant is None else variant.init_from),
+    }
+
+
 def setup(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -378,7 +396,7 @@ def setup(
     )
     state = _initial_state(plan, seed, variant)  # refuses start variables that do not fit
     # -- only now is anything written ---------------------------------------------------
-    prepare_workdir(workdir, spec, overwrite)
+    prepare_workdir(workdir, spec, overwrite, _reads(config, teacher, compare_to, variant))
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     state = restore(checkpointer, state)
     info = data.info

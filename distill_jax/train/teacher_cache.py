@@ -16,6 +16,7 @@ directory without `cache.json` is an unfinished cache and is never read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,7 +32,9 @@ from tqdm.auto import tqdm
 from distill_jax import data as data_lib
 from distill_jax.data.augment import augment, to_float
 from distill_jax.errors import CheckpointError, ConfigError
+from distill_jax.report import atomic_write, atomic_write_with
 from distill_jax.teachers import CachedTeacher, Teacher, cache_view_key
+from distill_jax.train.workdir import check_workdir, mark_workdir
 
 META_FILE = "cache.json"
 RECORDS_FILE = "teacher_outputs.array_record"
@@ -54,7 +57,7 @@ def teacher_identity(teacher: Teacher) -> dict[str, Any]:
         "workdir": teacher.identity.get("workdir"),
         "step": teacher.identity.get("step"),
         "model": teacher.identity.get("model"),
-        "sha256": fingerprint(teacher.variables),
+        "sha256": teacher.identity.get("sha256") or fingerprint(teacher.variables),
     }
 
 
@@ -147,6 +150,63 @@ def write_cache(
     Returns:
         The cache's metadata (`cache.json`).
     """
+    _check_request(split, out_dir, top_k, views, translate, flip)
+    reads = {"--teacher": teacher.identity.get("workdir")}
+    check_workdir(out_dir, "cache", reads)
+    mark_workdir(out_dir, "cache", {"seed": seed, "views": views, "top_k": top_k})
+
+    @jax.jit
+    def outputs(variables, images_u8, index, view):
+        images = augment(cache_view_key(seed, view), to_float(images_u8), index, translate, flip)
+        logits = teacher.model.apply(variables, images, train=False)[0].astype(jnp.float32)
+        if top_k:
+            values, indices = jax.lax.top_k(logits, top_k)
+            return values.astype(jnp.float16), indices.astype(jnp.int32)
+        return logits, jnp.zeros((logits.shape[0], 0), jnp.int32)
+
+    def write_records(path: str) -> None:
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        writer = ArrayRecordWriter(path, "group_size:1")
+        variables = jax.device_put(teacher.variables)
+        total = len(split) * views
+        bar = tqdm(total=total, desc="cache-teacher", disable=not progress or None, leave=False)
+        for batch in data_lib.eval_batches(split, batch_size):
+            rows = int(batch["mask"].sum())
+            per_view = [
+                jax.device_get(outputs(variables, batch["image"], batch["index"], v))
+                for v in range(views)
+            ]
+            for r in range(rows):
+                for v in range(views):
+                    values, indices = per_view[v]
+                    record = {"index": int(batch["index"][r]), "view": v, "values": values[r]}
+                    if top_k:
+                        record["indices"] = indices[r]
+                    writer.write(serialization.msgpack_serialize(record))
+            bar.update(rows * views)
+        writer.close()
+        bar.close()
+
+    atomic_write_with(os.path.join(out_dir, RECORDS_FILE), write_records)
+    meta = {
+        "format": FORMAT,
+        "teacher": teacher_identity(teacher),
+        "dataset": dataset_identity(split, split_name),
+        "top_k": top_k,
+        "views": views,
+        "seed": seed,
+        "translate": translate,
+        "flip": flip,
+        "values_dtype": "float16" if top_k else "float32",
+    }
+    # Written last: a cache.json marks the cache complete.
+    atomic_write(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=2))
+    return meta
+
+
+def _check_request(split, out_dir: str, top_k: int, views: int, translate: int, flip: bool):
+    """Refuses a cache request that cannot work, before anything is written."""
     num_classes = split.info.num_classes
     if not 0 <= top_k <= num_classes:
         raise ConfigError(f"--top_k must be in [0, {num_classes}] (0: all logits), got {top_k}")
@@ -159,59 +219,6 @@ def write_cache(
         )
     if os.path.exists(os.path.join(out_dir, META_FILE)):
         raise ConfigError(f"{out_dir} already holds a teacher cache; choose another --out")
-    os.makedirs(out_dir, exist_ok=True)
-
-    model = teacher.model
-
-    @jax.jit
-    def outputs(variables, images_u8, index, view):
-        images = augment(cache_view_key(seed, view), to_float(images_u8), index, translate, flip)
-        logits = model.apply(variables, images, train=False)[0].astype(jnp.float32)
-        if top_k:
-            values, indices = jax.lax.top_k(logits, top_k)
-            return values.astype(jnp.float16), indices.astype(jnp.int32)
-        return logits, jnp.zeros((logits.shape[0], 0), jnp.int32)
-
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    tmp = os.path.join(out_dir, RECORDS_FILE + ".tmp")
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    variables = jax.device_put(teacher.variables)
-    n = len(split)
-    bar = tqdm(total=n * views, desc="cache-teacher", disable=not progress or None, leave=False)
-    for batch in data_lib.eval_batches(split, batch_size):
-        rows = int(batch["mask"].sum())
-        per_view = [
-            jax.device_get(outputs(variables, batch["image"], batch["index"], v))
-            for v in range(views)
-        ]
-        for r in range(rows):
-            for v in range(views):
-                values, indices = per_view[v]
-                record = {"index": int(batch["index"][r]), "view": v, "values": values[r]}
-                if top_k:
-                    record["indices"] = indices[r]
-                writer.write(serialization.msgpack_serialize(record))
-        bar.update(rows * views)
-    writer.close()
-    bar.close()
-    os.replace(tmp, os.path.join(out_dir, RECORDS_FILE))
-    meta = {
-        "format": FORMAT,
-        "teacher": teacher_identity(teacher),
-        "dataset": dataset_identity(split, split_name),
-        "top_k": top_k,
-        "views": views,
-        "seed": seed,
-        "translate": translate,
-        "flip": flip,
-        "values_dtype": "float16" if top_k else "float32",
-    }
-    tmp_meta = os.path.join(out_dir, META_FILE + ".tmp")
-    with open(tmp_meta, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp_meta, os.path.join(out_dir, META_FILE))  # last: marks the cache complete
-    return meta
 
 
 def load_cache(directory: str) -> TeacherCache:
@@ -227,24 +234,16 @@ def load_cache(directory: str) -> TeacherCache:
             f"{directory} holds no finished teacher cache (expected {META_FILE} and "
             f"{RECORDS_FILE} written by `distill-jax cache-teacher`)"
         )
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        n, views, top_k = meta["dataset"]["num_examples"], meta["views"], meta["top_k"]
+        k = top_k or meta["dataset"]["num_classes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"teacher cache {meta_path} is unreadable or corrupt: {e}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: unknown cache format {meta.get('format')!r}")
-    n, views, top_k = meta["dataset"]["num_examples"], meta["views"], meta["top_k"]
-    k = top_k or meta["dataset"]["num_classes"]
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    reader = ArrayRecordReader(records_path)
-    try:
-        if reader.num_records() != n * views:
-            raise CheckpointError(
-                f"teacher cache {directory} is corrupt: {reader.num_records()} records, "
-                f"cache.json promises {n} examples x {views} views"
-            )
-        records = reader.read_all()
-    finally:
-        reader.close()
+    records = _read_records(directory, records_path, n * views)
     values = np.zeros((n, views, k), np.dtype(meta["values_dtype"]))
     indices = np.zeros((n, views, k), np.int32) if top_k else None
     for position, raw in enumerate(records):
@@ -264,6 +263,33 @@ def load_cache(directory: str) -> TeacherCache:
                 f"{i} view {v}"
             )
     return TeacherCache(os.path.abspath(directory), meta, values, indices)
+
+
+def _read_records(directory: str, path: str, expected: int) -> list[bytes]:
+    """All records of a cache's array_record file; a truncated or damaged file is one
+    `CheckpointError` (closing a reader of a damaged file can raise too: that second
+    error never replaces the first)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = None
+    try:
+        reader = ArrayRecordReader(path)
+        count = reader.num_records()
+        if count != expected:
+            raise CheckpointError(
+                f"teacher cache {directory} is corrupt: {count} records, cache.json "
+                f"promises {expected} (examples x views)"
+            )
+        return reader.read_all()
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 (the reader raises assorted errors on damage)
+        message = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"teacher cache {directory} is corrupt: {message}") from None
+    finally:
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
 
 
 def check_cache(

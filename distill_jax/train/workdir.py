@@ -1,9 +1,18 @@
-"""A run's workdir: what defines the run (its spec), claiming the directory, and restoring
-its newest intact checkpoint.
+"""A run's workdir: who owns it, what defines the run (its spec), claiming the directory,
+and restoring its newest intact checkpoint.
+
+Every workdir distill-jax writes holds a marker, `.distill-jax.json`, saying what wrote it
+(`kind`: train, run, sweep, compress or cache) and the hash of its config. A command
+refuses a workdir another kind of command wrote, a non-empty directory that distill-jax
+did not write (so a user's own files are never replaced), and a workdir that is, or holds,
+or sits inside a directory the same command reads (its teacher, teacher cache or starting
+model). `--overwrite` discards only a run of the same kind and only the files that run
+wrote; it never deletes anything else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +31,132 @@ from distill_jax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+MARKER_FILE = ".distill-jax.json"
+KINDS = ("train", "run", "sweep", "compress", "cache")
+# The commands behind each kind, for messages.
+_COMMANDS = {
+    "train": "train/distill",
+    "run": "run",
+    "sweep": "sweep",
+    "compress": "compress",
+    "cache": "cache-teacher",
+}
+# What each kind writes at the top of its workdir (a foreign directory holding one of
+# these names is never written into: that would replace the user's file).
+WRITES = {
+    "train": (CONFIG_FILE, METRICS_FILE, "checkpoints", "eval.json", "report.md"),
+    "run": (CONFIG_FILE, METRICS_FILE, "report.json", "report.md", "learning_curves.png"),
+    "sweep": ("sweep.json", "sweep.md"),
+    "compress": ("compression.json", "compression.md", "compression.png"),
+    "cache": ("cache.json", "teacher_outputs.array_record"),
+}
+
+
+def config_hash(config: Any) -> str:
+    """SHA-256 of a config (or spec) as sorted JSON: what the marker records."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config_lib.to_dict(config)
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def read_marker(workdir: str) -> dict[str, Any] | None:
+    """The workdir's marker, or None (absent or unreadable)."""
+    try:
+        with open(os.path.join(workdir, MARKER_FILE)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("kind") in KINDS else None
+
+
+def _legacy_kind(workdir: str) -> str | None:
+    """The kind of a workdir written before markers existed, from what it holds."""
+    has = lambda name: os.path.exists(os.path.join(workdir, name))  # noqa: E731
+    if has(CONFIG_FILE) and has("checkpoints"):
+        try:
+            with open(os.path.join(workdir, CONFIG_FILE)) as f:
+                spec = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return "train" if isinstance(spec, dict) and "role" in spec else None
+    if has("student_scratch") or has("report.json"):
+        return "run"
+    if has("student_alone") or has("compression.json"):
+        return "compress"
+    if has("sweep.json"):
+        return "sweep"
+    if has("cache.json"):
+        return "cache"
+    return None
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether one of two paths is, or lies inside, the other."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
+
+
+def check_workdir(
+    workdir: str, kind: str, reads: dict[str, str | None] | None = None, overwrite: bool = False
+) -> None:
+    """Refuses a workdir this command must not write (see the module docstring).
+
+    Args:
+        workdir: the directory the command will write.
+        kind: what the command writes (`KINDS`).
+        reads: the directories the same command reads, by the flag that names them
+            (e.g. `{"--teacher": dir}`); None values are skipped.
+        overwrite: the user allows a non-empty directory distill-jax did not write
+            (still never one holding a file the command would replace).
+
+    Raises:
+        ConfigError: with one line naming the problem and what to do.
+    """
+    for flag, path in (reads or {}).items():
+        if path and _related(workdir, path):
+            raise ConfigError(
+                f"--workdir {workdir} and {flag} {path} are the same directory or one holds "
+                f"the other: writing the run there would overwrite what it reads; choose "
+                f"another --workdir"
+            )
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory")
+    if not os.path.isdir(workdir) or not os.listdir(workdir):
+        return
+    marker = read_marker(workdir)
+    found = marker["kind"] if marker else _legacy_kind(workdir)
+    if found is not None:
+        if found != kind:
+            raise ConfigError(
+                f"workdir {workdir} holds the output of `distill-jax {_COMMANDS[found]}`; "
+                f"`{_COMMANDS[kind]}` would overwrite it; use another --workdir"
+            )
+        return
+    entries = sorted(os.listdir(workdir))
+    clash = [name for name in WRITES[kind] if name in entries]
+    if clash or not overwrite:
+        shown = ", ".join(clash or entries[:3]) + (", ..." if len(clash or entries) > 3 else "")
+        advice = (
+            "choose an empty or new --workdir"
+            if clash
+            else "choose an empty or new --workdir, or --overwrite to write beside its files"
+        )
+        raise ConfigError(
+            f"workdir {workdir} is not empty and was not written by distill-jax "
+            f"(it holds {shown}); {advice}"
+        )
+
+
+def mark_workdir(workdir: str, kind: str, config: Any) -> None:
+    """Creates the workdir if needed and records what wrote it (process 0 only)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            marker = {"kind": kind, "config_sha256": config_hash(config)}
+            atomic_write(os.path.join(workdir, MARKER_FILE), json.dumps(marker, indent=2))
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
 
 
 def run_spec(
@@ -94,20 +229,50 @@ def same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def prepare_workdir(workdir: str, spec: dict[str, Any], overwrite: bool) -> None:
-    """Creates the workdir, or checks that an existing one belongs to this run.
+def claim(
+    workdir: str,
+    kind: str,
+    config: Any,
+    *,
+    overwrite: bool = False,
+    reads: dict[str, str | None] | None = None,
+) -> None:
+    """The start of an orchestrator (`run`, `sweep`, `compress`, `cache-teacher`): checks
+    its workdir (`check_workdir`) and marks it, unless it is marked already (a resumed
+    run's marker is kept as it was)."""
+    check_workdir(workdir, kind, reads, overwrite)
+    if read_marker(workdir) is None:
+        mark_workdir(workdir, kind, config)
+
+
+def prepare_workdir(
+    workdir: str,
+    spec: dict[str, Any],
+    overwrite: bool,
+    reads: dict[str, str | None] | None = None,
+) -> None:
+    """Creates the workdir of a `train` run, or checks that an existing one belongs to it.
 
     A workdir holding a run of another config, or checkpoints this version cannot resume
     (an older TrainState layout), is refused; `overwrite` discards its checkpoints and
-    metrics instead.
+    metrics instead. `check_workdir` runs first (ownership, `reads`).
     """
+    check_workdir(workdir, "train", reads, overwrite)
     cfg_path = os.path.join(workdir, CONFIG_FILE)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if os.path.exists(cfg_path) and has_checkpoint(ckpt_dir):
         with open(cfg_path) as f:
             old = json.load(f)
         error: Exception | None = None
-        if not same_spec(old, spec):
+        old_sha = (old.get("teacher") or {}).get("sha256")
+        new_sha = (spec.get("teacher") or {}).get("sha256")
+        if old_sha and new_sha and old_sha != new_sha and same_spec(old, spec):
+            error = ConfigError(
+                f"the teacher in {spec['teacher']['workdir']} changed since the run in "
+                f"{workdir} started (its weights differ): resume with the teacher it "
+                f"started with, or use --overwrite (or a new --workdir) to start again"
+            )
+        elif not same_spec(old, spec):
             error = ConfigError(
                 f"workdir {workdir} holds a run of a different config; use a new "
                 f"--workdir, or --overwrite to discard it"
@@ -125,12 +290,9 @@ def prepare_workdir(workdir: str, spec: dict[str, Any], overwrite: bool) -> None
             shutil.rmtree(ckpt_dir)
             if os.path.exists(os.path.join(workdir, METRICS_FILE)):
                 os.remove(os.path.join(workdir, METRICS_FILE))
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        if jax.process_index() == 0:
-            atomic_write(cfg_path, json.dumps(spec, indent=2))
-    except OSError as e:
-        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+    mark_workdir(workdir, "train", spec)
+    if jax.process_index() == 0:
+        atomic_write(cfg_path, json.dumps(spec, indent=2))
 
 
 def restore(checkpointer: Checkpointer, state: TrainState) -> TrainState:
