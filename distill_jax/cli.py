@@ -30,7 +30,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from distill_jax.errors import ConfigError, DistillError, Preempted, UserCodeError
+from distill_jax.errors import (
+    ConfigError,
+    DistillError,
+    Preempted,
+    UserCodeError,
+    no_space_left,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,6 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "preempted" if isinstance(e, Preempted) else "error"
         print(f"distill-jax: {kind}: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # a full disk, reported by Orbax several wrappers deep
+        if debug or not no_space_left(e):
+            raise
+        print(
+            "distill-jax: error: no space left on device while writing; free space and run "
+            "the same command again: it resumes from the last complete checkpoint",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a traceback
         if debug:
             raise
@@ -311,7 +326,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         spec = json.load(f)
     name = (spec.get("data") or {}).get("name", "")
     data_lib.check_known_dataset(name, os.path.join(args.workdir, loop.CONFIG_FILE))
-    data_cfg = dict(spec["data"], data_dir=args.data_dir or spec["data"].get("data_dir"))
+    # The run's recorded data dir is used only to read a dataset already prepared there;
+    # anything that must be prepared goes where the user says (--data_dir, else the
+    # default), never where a (possibly foreign) config.json points.
+    data_dir = args.data_dir
+    recorded = spec["data"].get("data_dir")
+    if data_dir is None and recorded and data_lib.is_prepared(name, recorded):
+        data_dir = recorded
+    data_cfg = dict(spec["data"], data_dir=data_dir)
     data_cfg = config_lib.from_dict({"data": data_cfg}).data
     split = data_lib.load_split(
         data_cfg.name, data_cfg[f"{args.split}_split"], data_cfg.data_dir, data_cfg.download

@@ -6,6 +6,8 @@ line, without a traceback, and exits with the error's `exit_code`: 2 for bad inp
 (detected before any training starts), 3 for a diverged run, 75 for a preempted one.
 """
 
+import errno
+
 
 class DistillError(Exception):
     """Base class of the errors the CLI reports as one clear message.
@@ -47,3 +49,19 @@ class Preempted(DistillError):
     """
 
     exit_code = 75
+
+
+def no_space_left(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is "no space left on device".
+
+    Orbax reports a failed asynchronous write wrapped in its own errors, several layers
+    deep; the CLI turns any of them into one line."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

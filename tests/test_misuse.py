@@ -330,3 +330,42 @@ def test_evaluate_loads_only_known_datasets_from_a_foreign_workdir(
     code = main(["evaluate", "--workdir", str(crafted), "--data_dir", data_dir])
     _refused(capsys, code, "neither embedded nor in the TFDS catalogue")
     assert _snapshot(crafted) == before
+
+
+def test_a_full_disk_is_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    """Orbax reports a failed write several wrappers deep; the CLI says it in one line."""
+    import errno
+
+    from distill_jax.train.checkpointing import Checkpointer
+
+    def full(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "ckpt/ocdbt.process_0")
+        except OSError as e:
+            raise RuntimeError("async save failed: see the cause") from e
+
+    monkeypatch.setattr(Checkpointer, "save", full)
+    code = _cli(data_dir, "train", "--workdir", str(tmp_path / "w"))
+    _refused(capsys, code, "no space left on device", "run the same command again")
+
+
+def test_evaluate_never_writes_where_a_foreign_config_points(
+    data_dir, tmp_path, capsys, teacher_run, monkeypatch
+):
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(teacher_run, crafted)
+    elsewhere = tmp_path / "elsewhere" / "tfds"
+    spec = json.loads((crafted / "config.json").read_text())
+    spec["data"]["data_dir"] = str(elsewhere)
+    (crafted / "config.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("TFDS_DATA_DIR", data_dir)  # the user's default data dir
+    assert main(["evaluate", "--workdir", str(crafted)]) == 0
+    assert not (tmp_path / "elsewhere").exists()
+    # The run's own data dir, where the dataset is prepared, is read as before.
+    own = tmp_path / "own"
+    shutil.copytree(teacher_run, own)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "unused"))
+    assert main(["evaluate", "--workdir", str(own)]) == 0
+    assert not (tmp_path / "unused").exists()

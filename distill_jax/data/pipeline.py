@@ -92,6 +92,21 @@ def check_known_dataset(name: str, where: str) -> None:
     )
 
 
+def is_prepared(name: str, data_dir: str) -> bool:
+    """Whether dataset `name` (a known one, `check_known_dataset`) is already prepared in
+    `data_dir`; reads metadata only, writes nothing."""
+    if not os.path.isdir(data_dir):
+        return False
+    base, _, builder_config = name.partition("/")
+    try:
+        if base in EMBEDDED_DATASETS:
+            kwargs = {"config": builder_config} if builder_config else {}
+            return EMBEDDED_DATASETS[base](data_dir=data_dir, **kwargs).is_prepared()
+        return tfds.builder(name[len(TFDS_PREFIX) :], data_dir=data_dir).is_prepared()
+    except Exception:  # noqa: BLE001 (anything unreadable counts as not prepared)
+        return False
+
+
 def _known_names_hint() -> str:
     embedded = ", ".join(sorted(EMBEDDED_DATASETS))
     return (

@@ -279,6 +279,7 @@ def _plan(config, role: str, seed: int, teacher: Teacher | None, variant: Varian
         members=members,
         tx=tx,
         schedule=schedule,
+        learning_rate=train_cfg.learning_rate,  # the schedule's: vmapped rates scale it
     )
 
 
@@ -286,7 +287,7 @@ def _initial_state(plan: dict[str, Any], seed: int, variant: Variant | None) -> 
     """The fresh state of the run's student(s)."""
     model, tx, info = plan["model"], plan["tx"], plan["data"].info
     if plan["members"] is not None:
-        lr = plan["tx_learning_rate"]
+        lr = plan["learning_rate"]
         return create_student_states(
             model, tx, info.image_shape, plan["members"], lr, plan["init_methods"]
         )
@@ -384,7 +385,6 @@ def setup(
     if config.data.pipeline == "device" and not isinstance(data.train, data_lib.ArraySplit):
         raise ConfigError("data.pipeline='device' needs the training split in memory")
     plan = _plan(config, role, seed, teacher, variant)
-    plan["tx_learning_rate"] = config[role].train.learning_rate
     spec = run_spec(
         config,
         role,
