@@ -186,6 +186,27 @@ def test_catalogue_download_failure_is_a_dataset_error(tmp_path, monkeypatch):
         data.get_info("tfds:cifar10:3.0.2", data_dir=str(tmp_path))
 
 
+def test_an_offline_download_gives_up_after_a_few_retries(tmp_path, monkeypatch):
+    """TFDS's downloader would retry 10 times with backoff (minutes offline); during our
+    download it retries DOWNLOAD_RETRIES times, and its own setting is restored after."""
+    from tensorflow_datasets.core.download import downloader
+
+    from distill_jax.data.pipeline import DOWNLOAD_RETRIES
+
+    seen = []
+
+    def offline(self, **kwargs):
+        seen.append(downloader.MAX_RETRIES)
+        raise OSError("network is unreachable")
+
+    default = downloader.MAX_RETRIES
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(DatasetError, match="not prepared"):
+        data.get_info("tfds:cifar10:3.0.2", data_dir=str(tmp_path))
+    assert seen == [min(default, DOWNLOAD_RETRIES)] and DOWNLOAD_RETRIES < default
+    assert downloader.MAX_RETRIES == default
+
+
 def test_bad_catalogue_version_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match="tfds:mnist:9.9.9"):
         data.get_info("tfds:mnist:9.9.9", data_dir=str(tmp_path), download=False)

@@ -224,6 +224,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_di
     result = _train(data_dir, workdir, **diverge)
     assert result.returncode == 3, result.stderr
     assert "became non-finite at step" in result.stderr and "Traceback" not in result.stderr
+    assert "lower the learning rate" in result.stderr  # the likely cause
     bad_step = int(result.stderr.split("non-finite at step ")[1].split()[0])
     step, state = _final_state(workdir)
     assert step < bad_step
@@ -250,6 +251,8 @@ def test_nan_teacher_names_the_kd_term(tiny_config, tmp_path):
     with pytest.raises(DivergenceError, match="'kd'") as e:
         fit(config, str(tmp_path / "student"), role="student", teacher=teacher)
     assert "'ce'" not in str(e.value) and "at step 1 " in str(e.value)
+    assert "check the teacher's outputs" in str(e.value)  # the likely cause, not the lr
+    assert "lower the learning rate" not in str(e.value)
 
 
 def test_bad_input_exit_code_2_before_any_work(data_dir, tmp_path, reference):

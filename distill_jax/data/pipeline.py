@@ -12,6 +12,7 @@ batches are padded to a fixed shape and masked, so every example counts exactly 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -126,6 +127,25 @@ def _not_prepared_message(tfds_name: str, data_dir: str, reason: str) -> str:
     )
 
 
+# TFDS retries a failed request 10 times with exponential backoff (0.2 s doubling: about
+# 3.5 minutes) before it gives up, which is how long an offline machine waited for the
+# message saying how to prepare the dataset. A few retries still ride out a flaky server.
+DOWNLOAD_RETRIES = 3
+
+
+@contextlib.contextmanager
+def _few_download_retries():
+    """TFDS's downloader retries at most `DOWNLOAD_RETRIES` times inside the block."""
+    from tensorflow_datasets.core.download import downloader
+
+    saved = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = min(saved, DOWNLOAD_RETRIES)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved
+
+
 def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
     """Returns a prepared TFDS builder for `name`, preparing it if needed and allowed."""
     data_dir = resolve_data_dir(data_dir)
@@ -163,7 +183,8 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
     if not download:
         raise DatasetError(_not_prepared_message(tfds_name, data_dir, "download=False"))
     try:
-        builder.download_and_prepare(file_format="array_record")
+        with _few_download_retries():
+            builder.download_and_prepare(file_format="array_record")
     except Exception as e:  # Typically no network; keep the cause chained for debugging.
         reason = f"download failed: {type(e).__name__}: {str(e).strip()[:200]}"
         raise DatasetError(_not_prepared_message(tfds_name, data_dir, reason)) from e

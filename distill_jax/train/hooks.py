@@ -53,13 +53,34 @@ def count_skipped(workdir: str) -> int:
 
 def nonfinite_terms(metrics: dict[str, Any]) -> str:
     """Names the loss terms (or the gradients) that are NaN/Inf in one step's metrics."""
-    terms = [k for k in ("ce", "kd", *sorted(metrics)) if k in metrics and k not in _NOT_TERMS]
-    bad = [k for k in dict.fromkeys(terms) if not np.all(np.isfinite(metrics[k]))]
+    bad = _bad_terms(metrics)
     if bad:
         return "the loss term(s) " + ", ".join(f"'{k}'" for k in bad)
     if not np.all(np.isfinite(metrics["loss"])):
         return "the loss"
     return "the gradients"
+
+
+def _bad_terms(metrics: dict[str, Any]) -> list[str]:
+    terms = [k for k in ("ce", "kd", *sorted(metrics)) if k in metrics and k not in _NOT_TERMS]
+    return [k for k in dict.fromkeys(terms) if not np.all(np.isfinite(metrics[k]))]
+
+
+def likely_cause(metrics: dict[str, Any]) -> str:
+    """What most likely made a step non-finite, and what to do about it.
+
+    Hyperparameters are checked finite and in range with the config, so a distillation
+    term that goes bad while the task loss is fine points at the teacher's outputs; the
+    task loss or the gradients going bad point at the step size.
+    """
+    bad = _bad_terms(metrics)
+    if bad and "ce" not in bad:
+        return (
+            f"Only the distillation term(s) {', '.join(repr(k) for k in bad)} went bad while "
+            f"the task loss is finite: check the teacher's outputs (are its weights "
+            f"finite?) and those terms' inputs"
+        )
+    return "The student's update overflowed: lower the learning rate or set train.grad_clip"
 
 
 class MetricsLog:
@@ -70,18 +91,22 @@ class MetricsLog:
         workdir: the run's directory.
         fetch: brings device metrics to the host (`Strategy.fetch`).
         steps_per_epoch: to log the epoch of each record.
-        on_nonfinite: `stop` raises `DivergenceError` naming the step and the term that
-            went non-finite; `skip` counts the (already discarded) step.
-        diverged: the message's tail (what is kept, what to do).
+        on_nonfinite: `stop` raises `DivergenceError` naming the step, the term that
+            went non-finite and its likely cause; `skip` counts the (already discarded) step.
+        diverged: says what is kept (the last good checkpoint).
+        role: the config section of the run's train settings (`teacher` / `student`).
     """
 
-    def __init__(self, workdir, fetch, steps_per_epoch: int, on_nonfinite: str, diverged):
+    def __init__(
+        self, workdir, fetch, steps_per_epoch: int, on_nonfinite: str, diverged, role: str
+    ):
         self.path = os.path.join(workdir, METRICS_FILE)
         self.workdir = workdir
         self.fetch = fetch
         self.steps_per_epoch = steps_per_epoch
         self.on_nonfinite = on_nonfinite
         self.diverged = diverged
+        self.role = role
         self.enabled = jax.process_index() == 0
         self.pending: list[tuple[int, Any]] = []
         self.skipped = count_skipped(workdir)
@@ -107,7 +132,8 @@ class MetricsLog:
                 if self.on_nonfinite == "stop":
                     raise DivergenceError(
                         f"{nonfinite_terms(m)} became non-finite at step {s} of "
-                        f"{self.workdir}; stopped, {self.diverged()}"
+                        f"{self.workdir}; stopped, {self.diverged()}. {likely_cause(m)}; "
+                        f"or set {self.role}.train.on_nonfinite=skip to skip such steps"
                     )
                 self.skipped += 1
         ok = [m for m in fetched if float(np.max(m["nonfinite"])) == 0] or fetched

@@ -101,17 +101,13 @@ def train(run: Run, desc: str | None = None) -> FitResult:
 
     def kept() -> str:
         latest = ckpt.latest_step()
-        what = (
-            "no checkpoint had been written yet"
-            if latest is None
-            else f"the last good checkpoint (step {latest}) is kept"
-        )
-        return (
-            f"{what}. Lower the learning rate, or set {run.role}.train.on_nonfinite=skip "
-            f"to skip such steps"
-        )
+        if latest is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {latest}) is kept"
 
-    log = MetricsLog(run.workdir, strategy.fetch, per_epoch, run.train_cfg.on_nonfinite, kept)
+    log = MetricsLog(
+        run.workdir, strategy.fetch, per_epoch, run.train_cfg.on_nonfinite, kept, run.role
+    )
     validator = Evaluator(run.eval_model, task=run.task, batch_size=config.data.eval_batch_size)
     state = strategy.put_replicated(run.state)
 
