@@ -243,6 +243,28 @@ class Checkpointer:
             return f"{len(changed)} file(s) changed, e.g. {changed[0]}"
         return None
 
+    def first_intact(
+        self, steps: list[int], target: Any = None
+    ) -> tuple[int | None, Any, dict[str, Any], dict[int, str]]:
+        """Restores the first of `steps` that verifies against its checksum and reads back.
+
+        Returns:
+            `(step, state, metadata, problems)`: `problems` maps each step skipped before
+            it to what is wrong with it (`NO_CHECKSUM` for an unverified one); `step` is
+            None (and state and metadata empty) when none of them is intact.
+        """
+        problems: dict[int, str] = {}
+        for step in steps:
+            reason = self.verify(step)
+            if reason is None:
+                try:
+                    state, metadata = self.restore(step, target)
+                    return step, state, metadata, problems
+                except CheckpointError as e:
+                    reason = str(e)
+            problems[step] = reason
+        return None, None, {}, problems
+
     def restore_verified(self, target: Any = None) -> tuple[Any, dict[str, Any], list[str]]:
         """Restores the newest step that verifies and reads back, falling back past corrupt ones.
 
@@ -254,23 +276,18 @@ class Checkpointer:
             CheckpointError: there are steps but none of them is intact. A run never
                 silently starts from scratch over a workdir that had progress.
         """
-        problems: dict[int, str] = {}
-        unverified = []  # committed steps whose checksum was never written
-        for step in reversed(self.all_steps()):
-            reason = self.verify(step)
-            if reason is None:
-                try:
-                    state, metadata = self.restore(step, target)
-                    return state, metadata, problems
-                except CheckpointError as e:
-                    reason = str(e)
-            elif reason == NO_CHECKSUM:
-                unverified.append(step)
-            problems[step] = f"checkpoint step {step} in {self.directory} is corrupt: {reason}"
-            log.warning(problems[step])
+        step, state, metadata, reasons = self.first_intact(list(reversed(self.all_steps())), target)
+        problems = {
+            s: f"checkpoint step {s} in {self.directory} is corrupt: {reason}"
+            for s, reason in reasons.items()
+        }
+        for problem in problems.values():
+            log.warning(problem)
+        if step is not None:
+            return state, metadata, problems
         # Last resort: a step Orbax committed but whose checksum was never written (killed
         # right after the commit). It cannot be verified, but starting over would be worse.
-        for step in unverified:
+        for step in (s for s, reason in reasons.items() if reason == NO_CHECKSUM):
             try:
                 state, metadata = self.restore(step, target)
             except CheckpointError:

@@ -140,24 +140,16 @@ def _newest_intact(ckpt: Checkpointer, which: str, what: str) -> tuple[int, Any,
         except Exception:  # noqa: BLE001 (a damaged step's metadata: fall back below)
             best = None
         steps = ([best] if best is not None else []) + [s for s in steps if s != best]
-    problems: dict[int, str] = {}
-    for step in steps:
-        problem = ckpt.verify(step)
-        if problem is None:
-            try:
-                raw, metadata = ckpt.restore(step)
-            except CheckpointError as e:
-                problem = str(e)
-            else:
-                if problems:
-                    first = next(iter(problems))
-                    print(
-                        f"distill-jax: warning: {what} checkpoint step {first} is not usable "
-                        f"({problems[first]}); using step {step}",
-                        file=sys.stderr,
-                    )
-                return step, raw, metadata
-        problems[step] = problem
+    step, raw, metadata, problems = ckpt.first_intact(steps)
+    if step is not None:
+        if problems:
+            first = next(iter(problems))
+            print(
+                f"distill-jax: warning: {what} checkpoint step {first} is not usable "
+                f"({problems[first]}); using step {step}",
+                file=sys.stderr,
+            )
+        return step, raw, metadata
     unverified = [s for s, p in problems.items() if p == NO_CHECKSUM]
     if unverified:
         raise CheckpointError(
