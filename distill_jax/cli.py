@@ -128,8 +128,6 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
                 value = argv[i + 1] if i + 1 < len(argv) else "VALUE"
                 raise ConfigError(f"write config overrides as --config.{item}={value} (with '=')")
             overrides.append(item)
-        elif i > 0 and argv[i - 1].startswith("--config.") and "=" not in argv[i - 1]:
-            continue
         else:
             rest.append(arg)
     return rest, overrides

@@ -146,7 +146,7 @@ def _check_model_value(where: str, value: Any, default: Any) -> None:
             )
     elif _is_int(default) and (not _is_int(value) or value < 0):
         raise ConfigError(f"{where} must be an integer >= 0, got {value!r}")
-    elif isinstance(default, float) and not isinstance(default, bool):
+    elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok or not math.isfinite(value):
             raise ConfigError(f"{where} must be a finite number, got {value!r}")

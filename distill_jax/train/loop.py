@@ -34,7 +34,7 @@ from distill_jax.train.hooks import (
 )
 from distill_jax.train.inputs import Data, check_teacher, load_data, load_teacher
 from distill_jax.train.setup import Run, Variant, setup
-from distill_jax.train.state import TrainState, member
+from distill_jax.train.state import TrainState
 from distill_jax.train.workdir import CONFIG_FILE
 
 
@@ -73,16 +73,9 @@ def _mean_metrics(per_student: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _each_student(run: Run, variables: Any) -> list[Any]:
-    """The variables of every student of a run (one for a single run)."""
-    if run.members is None:
-        return [variables]
-    return [member(variables, i) for i in range(len(run.members))]
-
-
 def _validate(run: Run, evaluator: Evaluator, log: MetricsLog, state, done: int) -> dict:
     """Validation metrics of every student; logs them and returns the checkpoint's."""
-    vals = [evaluator(v, run.data.validation) for v in _each_student(run, state.variables)]
+    vals = [evaluator(v, run.data.validation) for v in run.students.each(state.variables)]
     val = _mean_metrics(vals)
     record = {k: val[k] for k in ("accuracy", "nll", "ece")}
     if run.members is not None:
@@ -164,7 +157,7 @@ def _test(run: Run, final: TrainState, skipped: int) -> FitResult:
         teacher=run.compare_to,
         batch_size=config.data.eval_batch_size,
     )
-    each = _each_student(run, final.variables)
+    each = run.students.each(final.variables)
     tests = [tester(v, run.data.test) for v in each]
     summary = model_summary(
         run.eval_model, each[0], info.image_shape, config.eval.latency_batch_size

@@ -240,9 +240,8 @@ def _models(config, role, info, strategy, variant) -> tuple[nn.Module, nn.Module
     return model, eval_model
 
 
-def _plan(config, role: str, seed: int, teacher: Teacher | None, variant: Variant | None):
+def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, variant):
     """Everything about the run that can fail on bad input; writes nothing."""
-    data = load_data(config)
     info = data.info
     strategy = make_strategy(config.parallel.strategy)
     steps_per_epoch = _check_inputs(config, role, data, strategy)
@@ -384,7 +383,7 @@ def setup(
         check_teacher(t, data.info)
     if config.data.pipeline == "device" and not isinstance(data.train, data_lib.ArraySplit):
         raise ConfigError("data.pipeline='device' needs the training split in memory")
-    plan = _plan(config, role, seed, teacher, variant)
+    plan = _plan(config, role, seed, data, teacher, variant)
     spec = run_spec(
         config,
         role,

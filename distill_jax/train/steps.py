@@ -35,7 +35,7 @@ from distill_jax.objective import Objective
 from distill_jax.tasks import Task
 from distill_jax.teachers import NoTeacher, TeacherSource, top1
 from distill_jax.train.optim import lr_scale_of
-from distill_jax.train.state import TrainState, stack_trees, train_key
+from distill_jax.train.state import TrainState, member, stack_trees, train_key
 
 Batch = Mapping[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]
@@ -68,6 +68,10 @@ class One:
 
     def run(self, update: Update, state: TrainState, *shared) -> tuple[TrainState, Metrics]:
         return update(state, *shared)
+
+    def each(self, tree: Any) -> list[Any]:
+        """Every student's part of a (state or variables) tree: here the tree itself."""
+        return [tree]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +110,10 @@ class Students:
             return stack_trees(outs)
         in_axes = (0,) + (None,) * len(shared)
         return jax.vmap(update, in_axes=in_axes)(state, *shared)
+
+    def each(self, tree: Any) -> list[Any]:
+        """Every student's part of a stacked (state or variables) tree."""
+        return [member(tree, i) for i in range(self.n)]
 
 
 def make_update(
