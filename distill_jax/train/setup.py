@@ -37,10 +37,10 @@ from distill_jax.errors import ConfigError
 from distill_jax.models import create_model
 from distill_jax.objective import Objective
 from distill_jax.parallel import Strategy, make_strategy
-from distill_jax.tasks import Classification, Task
+from distill_jax.tasks import Task
 from distill_jax.teachers import CachedTeacher, NoTeacher, OnlineTeacher, Teacher, TeacherSource
 from distill_jax.train.checkpointing import Checkpointer
-from distill_jax.train.inputs import Data, check_teacher, load_data, teacher_source
+from distill_jax.train.inputs import Data, check_teacher, load_data, make_task, teacher_source
 from distill_jax.train.optim import make_optimizer, scale_by_lr_scale
 from distill_jax.train.state import TrainState, create_student_states, create_train_state
 from distill_jax.train.steps import One, Students, frozen_inputs, make_train_step
@@ -212,12 +212,6 @@ class Run:
 def _check_inputs(config, role: str, data: Data, strategy: Strategy) -> int:
     """Checks the batch against the data and devices; returns the steps per epoch."""
     train = config[role].train
-    info = data.info
-    if info.input_kind == "tokens" and (train.translate or train.flip):
-        raise ConfigError(
-            f"{role}.train.translate and {role}.train.flip shift and mirror images; dataset "
-            f"'{info.name}' holds token ids, so set them to 0 and False"
-        )
     strategy.check_batch(train.batch_size, f"{role}.train.batch_size")
     steps_per_epoch = data_lib.steps_per_epoch(len(data.train), train.batch_size)
     if steps_per_epoch == 0:
@@ -240,18 +234,37 @@ def _models(config, role, info, strategy, variant) -> tuple[nn.Module, nn.Module
     return model, eval_model
 
 
+def _check_label_free(config, role: str, objective: Objective, source: TeacherSource) -> None:
+    """Unlabelled training rows (`data.unlabelled`) need a teacher and terms that read no
+    labels."""
+    where = f"data.unlabelled ({', '.join(config.data.unlabelled)})"
+    if isinstance(source, NoTeacher):
+        raise ConfigError(
+            f"{where} adds rows without labels, which a {role} trained on labels alone "
+            f"cannot use; distil from a teacher or drop data.unlabelled"
+        )
+    for term in objective.terms:
+        if term.kwargs.get("_needs_labels"):
+            raise ConfigError(
+                f"distill.losses.{term.name} reads the labels, and {where} has none; choose "
+                f"a label-free term (e.g. kd) or drop data.unlabelled"
+            )
+
+
 def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, variant):
     """Everything about the run that can fail on bad input; writes nothing."""
     info = data.info
     strategy = make_strategy(config.parallel.strategy)
     steps_per_epoch = _check_inputs(config, role, data, strategy)
-    source = teacher_source(config, role, data, teacher, steps_per_epoch)
+    task = make_task(config, role, data)
+    source = teacher_source(config, role, data, teacher, steps_per_epoch, task)
     model, eval_model = _models(config, role, info, strategy, variant)
     train_cfg = config[role].train
-    task = Classification(train_cfg.translate, train_cfg.flip, config.eval.ece_bins)
     objective, init_methods = build_objective(
         config, role, task, model, source, info.image_shape, len(data.train)
     )
+    if task.unlabelled:
+        _check_label_free(config, role, objective, source)
     members = student_grid(config, role, seed, not isinstance(source, NoTeacher))
     if members is not None and variant is not None:
         raise ConfigError("pruning, quantization and init_from train one student, not vmap")

@@ -30,9 +30,9 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from distill_jax import data as data_lib
-from distill_jax.data.augment import augment, to_float
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.report import atomic_write, atomic_write_with
+from distill_jax.tasks import Classification
 from distill_jax.teachers import CachedTeacher, Teacher, cache_view_key
 from distill_jax.train.workdir import check_workdir, mark_workdir
 
@@ -126,8 +126,7 @@ def write_cache(
     split_name: str = "train",
     top_k: int = 0,
     views: int = 1,
-    translate: int = 0,
-    flip: bool = False,
+    task: Classification | None = None,
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = True,
@@ -142,7 +141,8 @@ def write_cache(
         top_k: keep the k largest logits (float16 values + int32 indices); 0 keeps all
             logits in float32.
         views: augmented views per example (1 with no augmentation).
-        translate, flip: the augmentation, as in training.
+        task: the student's task, whose training augmentation makes the views (image
+            translation and flips, or token-id transfer-set views); None: no augmentation.
         seed: the seed of the views' augmentation keys.
         batch_size: examples per teacher forward.
         progress: show a progress bar.
@@ -150,14 +150,15 @@ def write_cache(
     Returns:
         The cache's metadata (`cache.json`).
     """
-    _check_request(split, out_dir, top_k, views, translate, flip)
+    task = task or Classification()
+    _check_request(split, out_dir, top_k, views, task)
     reads = {"--teacher": teacher.identity.get("workdir")}
     check_workdir(out_dir, "cache", reads)
     mark_workdir(out_dir, "cache", {"seed": seed, "views": views, "top_k": top_k})
 
     @jax.jit
     def outputs(variables, images_u8, index, view):
-        images = augment(cache_view_key(seed, view), to_float(images_u8), index, translate, flip)
+        images = task.augment(cache_view_key(seed, view), images_u8, index)
         logits = teacher.model.apply(variables, images, train=False)[0].astype(jnp.float32)
         if top_k:
             values, indices = jax.lax.top_k(logits, top_k)
@@ -196,8 +197,7 @@ def write_cache(
         "top_k": top_k,
         "views": views,
         "seed": seed,
-        "translate": translate,
-        "flip": flip,
+        **task.augment_spec,
         "values_dtype": "float16" if top_k else "float32",
     }
     # Written last: a cache.json marks the cache complete.
@@ -205,17 +205,17 @@ def write_cache(
     return meta
 
 
-def _check_request(split, out_dir: str, top_k: int, views: int, translate: int, flip: bool):
+def _check_request(split, out_dir: str, top_k: int, views: int, task: Classification):
     """Refuses a cache request that cannot work, before anything is written."""
     num_classes = split.info.num_classes
     if not 0 <= top_k <= num_classes:
         raise ConfigError(f"--top_k must be in [0, {num_classes}] (0: all logits), got {top_k}")
     if views < 1:
         raise ConfigError(f"--views must be >= 1, got {views}")
-    if views > 1 and not translate and not flip:
+    if views > 1 and not task.augments:
         raise ConfigError(
-            f"--views {views} needs augmentation (student.train.translate or flip): without "
-            f"it every view is the same image"
+            f"--views {views} needs augmentation (student.train.translate or flip, or "
+            f"token_augment): without it every view is the same example"
         )
     if os.path.exists(os.path.join(out_dir, META_FILE)):
         raise ConfigError(f"{out_dir} already holds a teacher cache; choose another --out")
@@ -297,8 +297,7 @@ def check_cache(
     split: data_lib.ArraySplit,
     split_name: str,
     *,
-    translate: int,
-    flip: bool,
+    task: Classification,
     teacher: Teacher | None = None,
 ) -> None:
     """Refuses a cache made for another dataset, split, augmentation or teacher."""
@@ -316,12 +315,17 @@ def check_cache(
                 f"({got['num_examples']} examples); this run trains on '{want['name']}' split "
                 f"'{want['split']}' ({want['num_examples']} examples): the {what} differ"
             )
-    for key, value in (("translate", translate), ("flip", flip)):
-        if meta[key] != value:
+    for key, value in task.augment_spec.items():
+        if meta.get(key) != value:
             raise ConfigError(
-                f"{where} holds views made with {key}={meta[key]!r}, but the student trains "
-                f"with {key}={value!r}; set student.train.{key}={meta[key]!r} or re-cache"
+                f"{where} holds views made with {key}={meta.get(key)!r}, but the student "
+                f"trains with {key}={value!r}; set student.train.{key} to match or re-cache"
             )
+    if "token_augment" in meta and "token_augment" not in task.augment_spec:
+        raise ConfigError(
+            f"{where} holds token_augment views, but the student trains without "
+            f"student.train.token_augment; set it as the cache was made or re-cache"
+        )
     if teacher is not None:
         ident = teacher_identity(teacher)
         if ident["sha256"] != meta["teacher"]["sha256"]:
