@@ -191,16 +191,17 @@ def load_config(
     cfg = default_config()
     if path is not None:
         merge_into(cfg, _read_config_file(path), prefix="")
-    for item in overrides:
-        key, value = _parse_override(item)
-        set_key(cfg, key, value)
-    return from_dict(cfg)
+    return from_dict(cfg, overrides)
 
 
-def from_dict(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """Validates a full config dict (e.g. a workdir's config.json) and locks it."""
+def from_dict(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Validates a config dict (e.g. a workdir's config.json, or one an experiment builds),
+    with `key.path=value` overrides applied, and locks it."""
     full = default_config()
     merge_into(full, _to_plain(cfg), prefix="")
+    for item in overrides:
+        key, value = _parse_override(item)
+        set_key(full, key, value)
     validate(full)
     config = ml_collections.ConfigDict(full)
     config.lock()

