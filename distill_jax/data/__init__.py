@@ -1,16 +1,19 @@
 """Datasets: TFDS builders for the data we ship, split loading and Grain pipelines.
 
 `load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`, the
-text dataset `stdlib_docstrings`) or of
+text datasets `stdlib_docstrings`, `mr`, `trec6`, `bbc_news`) or of
 any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=False`, as a
 `SourceSplit` that reads and decodes each batch when asked); `train_dataset` turns it into a
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
 batches that cover every example once, and `iterate` reads a stream from a given step.
+`load_unlabelled(name)` reads the token ids of unlabelled in-domain text
+(`vader_snippets`, `news_articles`).
 """
 
 from distill_jax.data.builders import Digits, Mnist5k
 from distill_jax.data.pipeline import (
     EMBEDDED_DATASETS,
+    UNLABELLED_DATASETS,
     ArraySplit,
     DatasetInfo,
     SourceSplit,
@@ -20,26 +23,35 @@ from distill_jax.data.pipeline import (
     is_prepared,
     iterate,
     load_split,
+    load_unlabelled,
     resolve_data_dir,
     steps_per_epoch,
     train_dataset,
 )
 from distill_jax.data.text import StdlibDocstrings
+from distill_jax.data.text_cls import BbcNews, MovieReviews, NewsArticles, Trec6, VaderSnippets
 
 __all__ = [
     "EMBEDDED_DATASETS",
+    "UNLABELLED_DATASETS",
     "ArraySplit",
+    "BbcNews",
     "DatasetInfo",
     "Digits",
     "Mnist5k",
+    "MovieReviews",
+    "NewsArticles",
     "SourceSplit",
     "check_known_dataset",
     "StdlibDocstrings",
+    "Trec6",
+    "VaderSnippets",
     "eval_batches",
     "get_info",
     "is_prepared",
     "iterate",
     "load_split",
+    "load_unlabelled",
     "resolve_data_dir",
     "steps_per_epoch",
     "train_dataset",

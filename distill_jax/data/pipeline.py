@@ -1,8 +1,10 @@
 """Loading splits through TFDS data sources, and the Grain pipelines that batch them.
 
-Every dataset, embedded (`mnist_5k`, `digits`) or from the TFDS catalogue (`tfds:cifar10`),
-goes through one path: a TFDS builder prepared as array_record in a data dir, read with
-`builder.as_data_source(split)` (no TensorFlow needed) into in-memory uint8/int32 arrays.
+Every dataset, embedded (`mnist_5k`, `digits`, `mr`, ...) or from the TFDS catalogue
+(`tfds:cifar10`), goes through one path: a TFDS builder prepared as array_record in a data
+dir, read with `builder.as_data_source(split)` (no TensorFlow needed) into in-memory
+uint8/int32 arrays. Unlabelled text (`UNLABELLED_DATASETS`, read by `load_unlabelled`) is
+prepared and read the same way.
 
 Training batches come from a random-access Grain `MapDataset` indexed by the global step:
 `ds[step]` is the same batch however the run got there (fresh start, resume, another number
@@ -24,15 +26,30 @@ import tensorflow_datasets as tfds
 
 from distill_jax.data.builders import Digits, Mnist5k
 from distill_jax.data.text import StdlibDocstrings
+from distill_jax.data.text_cls import BbcNews, MovieReviews, NewsArticles, Trec6, VaderSnippets
 from distill_jax.errors import ConfigError, DatasetError
 
 EMBEDDED_DATASETS: dict[str, type] = {
     Mnist5k.name: Mnist5k,
     Digits.name: Digits,
     StdlibDocstrings.name: StdlibDocstrings,
+    MovieReviews.name: MovieReviews,
+    Trec6.name: Trec6,
+    BbcNews.name: BbcNews,
 }
-"""Datasets built from data in installed packages: name -> TFDS builder class. A name may
-carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`)."""
+"""Classification datasets built from data in installed packages: name -> TFDS builder
+class. A name may carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`)."""
+
+UNLABELLED_DATASETS: dict[str, type] = {
+    VaderSnippets.name: VaderSnippets,
+    NewsArticles.name: NewsArticles,
+}
+"""Unlabelled text built from data in installed packages (one split, `train`; read with
+`load_unlabelled`): name -> TFDS builder class; `NAME/CONFIG` as above. Kept apart from
+`EMBEDDED_DATASETS` because they hold no labels, so `get_info`/`load_split` (and a run's
+`data.name`) cannot use them."""
+
+_BUILDERS = {**EMBEDDED_DATASETS, **UNLABELLED_DATASETS}
 
 TFDS_PREFIX = "tfds:"
 _READ_CHUNK = 4096  # Examples decoded per `__getitems__` call when loading a split.
@@ -80,7 +97,7 @@ def check_known_dataset(name: str, where: str) -> None:
       DatasetError: naming `where` the name came from.
     """
     base = name.partition("/")[0]
-    if base in EMBEDDED_DATASETS:
+    if base in _BUILDERS:
         return
     tfds_name = name[len(TFDS_PREFIX) :].partition("/")[0].partition(":")[0]
     if name.startswith(TFDS_PREFIX) and tfds_name in tfds.list_builders(
@@ -100,9 +117,9 @@ def is_prepared(name: str, data_dir: str) -> bool:
         return False
     base, _, builder_config = name.partition("/")
     try:
-        if base in EMBEDDED_DATASETS:
+        if base in _BUILDERS:
             kwargs = {"config": builder_config} if builder_config else {}
-            return EMBEDDED_DATASETS[base](data_dir=data_dir, **kwargs).is_prepared()
+            return _BUILDERS[base](data_dir=data_dir, **kwargs).is_prepared()
         return tfds.builder(name[len(TFDS_PREFIX) :], data_dir=data_dir).is_prepared()
     except Exception:  # noqa: BLE001 (anything unreadable counts as not prepared)
         return False
@@ -150,12 +167,12 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
     """Returns a prepared TFDS builder for `name`, preparing it if needed and allowed."""
     data_dir = resolve_data_dir(data_dir)
     base, _, builder_config = name.partition("/")
-    if base in EMBEDDED_DATASETS:
+    if base in _BUILDERS:
         # Embedded data ships with a package: preparing needs no network, so it is done
         # whatever `download` says. Preparing an already prepared builder does nothing.
         kwargs = {"config": builder_config} if builder_config else {}
         try:
-            builder = EMBEDDED_DATASETS[base](data_dir=data_dir, **kwargs)
+            builder = _BUILDERS[base](data_dir=data_dir, **kwargs)
         except ValueError as e:  # unknown builder config
             raise DatasetError(f"Unknown dataset '{name}': {e}") from None
         try:
@@ -334,10 +351,55 @@ def get_info(name: str, data_dir: str | None = None, download: bool = True) -> D
       The dataset's info.
 
     Raises:
-      DatasetError: unknown name, or a catalogue dataset that is not (and cannot be)
-        prepared.
+      DatasetError: unknown name, unlabelled text, or a catalogue dataset that is not
+        (and cannot be) prepared.
     """
+    _refuse_unlabelled(name)
     return _info_from_builder(name, _prepared_builder(name, data_dir, download))
+
+
+def _refuse_unlabelled(name: str) -> None:
+    """Unlabelled text has no classes to train on; say where it is read instead."""
+    if name.partition("/")[0] in UNLABELLED_DATASETS:
+        raise DatasetError(
+            f"dataset '{name}' is unlabelled text (no labels, one split 'train'); read its "
+            f"token ids with load_unlabelled('{name}'). Labelled datasets: "
+            f"{', '.join(sorted(EMBEDDED_DATASETS))}."
+        )
+
+
+def _data_source(name: str, builder: tfds.core.DatasetBuilder, split: str, available: str):
+    """`builder.as_data_source(split)`, its failures as `DatasetError`s."""
+    try:
+        return builder.as_data_source(split)
+    except NotImplementedError as e:  # Prepared in a format without random access.
+        raise DatasetError(
+            f"Dataset '{name}' in {builder.data_dir} is not stored as array_record, which "
+            f"random access needs; prepare it again with --file_format array_record. ({e})"
+        ) from e
+    except (ValueError, KeyError) as e:
+        message = " ".join(str(e).split())
+        raise DatasetError(
+            f"Cannot read split '{split}' of dataset '{name}': {message} {available}"
+        ) from e
+
+
+def _read_whole(name: str, builder: tfds.core.DatasetBuilder, length: int, read) -> None:
+    """Calls `read(start, stop)` over `[0, length)` in chunks of `_READ_CHUNK` examples.
+
+    Raises:
+      DatasetError: reading failed, i.e. the prepared files are damaged.
+    """
+    try:
+        for start in range(0, length, _READ_CHUNK):
+            read(start, min(start + _READ_CHUNK, length))
+    except Exception as e:  # noqa: BLE001 (array_record and the decoders raise many kinds)
+        message = " ".join(str(e).split())[:200]
+        raise DatasetError(
+            f"the prepared files of dataset '{name}' in {builder.data_dir} are damaged "
+            f"({type(e).__name__}: {message}); delete that directory and run again to "
+            f"prepare it anew"
+        ) from None
 
 
 def load_split(
@@ -364,9 +426,10 @@ def load_split(
       and int32 (N,) labels.
 
     Raises:
-      DatasetError: unknown dataset or split, dataset not prepared, or not readable as a
-        data source (e.g. prepared as tfrecord instead of array_record).
+      DatasetError: unknown dataset or split, unlabelled text, dataset not prepared, or
+        not readable as a data source (e.g. prepared as tfrecord instead of array_record).
     """
+    _refuse_unlabelled(name)
     builder = _prepared_builder(name, data_dir, download)
     info = _info_from_builder(name, builder)
     available = (
@@ -377,18 +440,7 @@ def load_split(
     unknown = [n for n in names if n not in info.splits]
     if unknown:
         raise DatasetError(f"Unknown split '{unknown[0]}' of dataset '{name}'. {available}")
-    try:
-        source = builder.as_data_source(split)
-    except NotImplementedError as e:  # Prepared in a format without random access.
-        raise DatasetError(
-            f"Dataset '{name}' in {builder.data_dir} is not stored as array_record, which "
-            f"random access needs; prepare it again with --file_format array_record. ({e})"
-        ) from e
-    except (ValueError, KeyError) as e:
-        message = " ".join(str(e).split())
-        raise DatasetError(
-            f"Cannot read split '{split}' of dataset '{name}': {message} {available}"
-        ) from e
+    source = _data_source(name, builder, split, available)
 
     image_key, label_key = _feature_keys(builder)
     lazy = SourceSplit(source, info, image_key, label_key)
@@ -396,18 +448,45 @@ def load_split(
         return lazy
     images = np.zeros((len(source), *info.image_shape), info.input_dtype)
     labels = np.zeros((len(source),), np.int32)
-    try:
-        for start in range(0, len(source), _READ_CHUNK):
-            stop = min(start + _READ_CHUNK, len(source))
-            images[start:stop], labels[start:stop] = lazy.read(np.arange(start, stop))
-    except Exception as e:  # noqa: BLE001 (array_record and the decoders raise many kinds)
-        message = " ".join(str(e).split())[:200]
-        raise DatasetError(
-            f"the prepared files of dataset '{name}' in {builder.data_dir} are damaged "
-            f"({type(e).__name__}: {message}); delete that directory and run again to "
-            f"prepare it anew"
-        ) from None
+
+    def read(start: int, stop: int) -> None:
+        images[start:stop], labels[start:stop] = lazy.read(np.arange(start, stop))
+
+    _read_whole(name, builder, len(source), read)
     return ArraySplit(images=images, labels=labels, info=info)
+
+
+def load_unlabelled(name: str, data_dir: str | None = None) -> np.ndarray:
+    """Reads the token ids of an unlabelled text dataset, preparing it on first use.
+
+    Args:
+      name: an unlabelled dataset (`UNLABELLED_DATASETS`), optionally `NAME/CONFIG`
+        (`"vader_snippets/len32"`).
+      data_dir: TFDS data dir; see `resolve_data_dir`.
+
+    Returns:
+      int32 (N, L) token ids of its one split, `train`, in stored order (0 = padding).
+
+    Raises:
+      DatasetError: not an unlabelled dataset, unknown config, its package missing, or
+        damaged prepared files.
+    """
+    if name.partition("/")[0] not in UNLABELLED_DATASETS:
+        raise DatasetError(
+            f"'{name}' is not an unlabelled dataset; those are "
+            f"{', '.join(sorted(UNLABELLED_DATASETS))} (labelled ones are read with "
+            f"load_split)."
+        )
+    builder = _prepared_builder(name, data_dir, download=False)
+    source = _data_source(name, builder, "train", "Available splits: train.")
+    ids = np.zeros((len(source), builder.builder_config.max_length), np.int32)
+
+    def read(start: int, stop: int) -> None:
+        for i, example in enumerate(source.__getitems__(list(range(start, stop))), start):
+            ids[i] = example["input_ids"]
+
+    _read_whole(name, builder, len(source), read)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------
