@@ -96,6 +96,7 @@ def default_config() -> dict[str, Any]:
             # to the training split with label -1: the teacher labels them, the task loss
             # and accuracy skip them. Token-id data of the same sequence length only.
             "unlabelled": [],
+            "unlabelled_split": "train",  # of each unlabelled dataset, e.g. "train[:5000]"
         },
         "teacher": {
             "model": {"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},

@@ -456,16 +456,17 @@ def load_split(
     return ArraySplit(images=images, labels=labels, info=info)
 
 
-def load_unlabelled(name: str, data_dir: str | None = None) -> np.ndarray:
+def load_unlabelled(name: str, data_dir: str | None = None, split: str = "train") -> np.ndarray:
     """Reads the token ids of an unlabelled text dataset, preparing it on first use.
 
     Args:
       name: an unlabelled dataset (`UNLABELLED_DATASETS`), optionally `NAME/CONFIG`
         (`"vader_snippets/len32"`).
       data_dir: TFDS data dir; see `resolve_data_dir`.
+      split: its one split, `train`, or a TFDS slice of it (`"train[:1000]"`).
 
     Returns:
-      int32 (N, L) token ids of its one split, `train`, in stored order (0 = padding).
+      int32 (N, L) token ids of the split, in stored order (0 = padding).
 
     Raises:
       DatasetError: not an unlabelled dataset, unknown config, its package missing, or
@@ -478,7 +479,7 @@ def load_unlabelled(name: str, data_dir: str | None = None) -> np.ndarray:
             f"load_split)."
         )
     builder = _prepared_builder(name, data_dir, download=False)
-    source = _data_source(name, builder, "train", "Available splits: train.")
+    source = _data_source(name, builder, split, "Available splits: train.")
     ids = np.zeros((len(source), builder.builder_config.max_length), np.int32)
 
     def read(start: int, stop: int) -> None:

@@ -46,19 +46,19 @@ class Data:
 
 @functools.lru_cache(maxsize=4)
 def _load_data_cached(
-    name, data_dir, download, train, validation, test, stream, unlabelled
+    name, data_dir, download, train, validation, test, stream, unlabelled, unlabelled_split
 ) -> Data:
     load = functools.partial(data_lib.load_split, name, data_dir=data_dir, download=download)
     data = Data(
         train=load(train, in_memory=not stream), validation=load(validation), test=load(test)
     )
     if unlabelled:
-        data.train = _with_unlabelled(data.train, unlabelled, data_dir)
+        data.train = _with_unlabelled(data.train, unlabelled, unlabelled_split, data_dir)
     return data
 
 
 def _with_unlabelled(
-    train: data_lib.ArraySplit, names: tuple[str, ...], data_dir: str | None
+    train: data_lib.ArraySplit, names: tuple[str, ...], split: str, data_dir: str | None
 ) -> data_lib.ArraySplit:
     """The training split with the unlabelled datasets' rows appended (label -1)."""
     info = train.info
@@ -69,7 +69,7 @@ def _with_unlabelled(
         raise ConfigError(f"{where} adds token ids; dataset '{info.name}' holds images")
     images, labels = [train.images], [train.labels]
     for name in names:
-        ids = data_lib.load_unlabelled(name, data_dir)
+        ids = data_lib.load_unlabelled(name, data_dir, split)
         if ids.shape[1:] != tuple(info.image_shape):
             raise ConfigError(
                 f"data.unlabelled '{name}' holds sequences of {ids.shape[1]} tokens, dataset "
@@ -96,6 +96,7 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         d.test_split,
         stream,
         tuple(d.unlabelled),
+        d.unlabelled_split,
     )
     if jax.process_count() == 1:
         return _load_data_cached(*args)

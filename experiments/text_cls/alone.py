@@ -1,7 +1,7 @@
 """The student trained alone on the labelled sentences (hard labels).
 
 TextCNN on `mr` by default; the BiLSTM with
-`--config.student.model='{"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200}'`.
+`--config.student.model='{"name": "bilstm"}'` (its defaults are the paper's sizes).
 
 Command:
     distill-jax train --role student --config experiments/text_cls/alone.py \

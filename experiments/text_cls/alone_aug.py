@@ -2,7 +2,7 @@
 with its sentence's hard label (fresh views every epoch): augmentation without a teacher.
 
 TextCNN on `mr` by default; the BiLSTM with
-`--config.student.model='{"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200}'`.
+`--config.student.model='{"name": "bilstm"}'` (its defaults are the paper's sizes).
 
 Command:
     distill-jax train --role student --config experiments/text_cls/alone_aug.py \

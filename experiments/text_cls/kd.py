@@ -1,13 +1,13 @@
 """The student distilled from the teacher's soft targets on the labelled sentences.
 
 TextCNN on `mr` by default; the BiLSTM with
-`--config.student.model='{"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200}'`.
+`--config.student.model='{"name": "bilstm"}'` (its defaults are the paper's sizes).
 
 Command:
-    distill-jax cache-teacher --config experiments/text_cls/kd.py --teacher runs/text_cls/mr/teacher \
-        --workdir runs/text_cls/mr/cache_kd
-    distill-jax distill --config experiments/text_cls/kd.py --teacher_cache runs/text_cls/mr/cache_kd \
-        --workdir runs/text_cls/mr/textcnn/kd
+    distill-jax cache-teacher --config experiments/text_cls/kd.py \
+        --teacher runs/text_cls/mr/teacher --workdir runs/text_cls/mr/cache_kd
+    distill-jax distill --config experiments/text_cls/kd.py \
+        --teacher_cache runs/text_cls/mr/cache_kd --workdir runs/text_cls/mr/textcnn/kd
 
 Result: experiments/text_cls/README.md (measured by `run.py`, which also chooses alpha and
 T on the validation split for the distilled settings).

@@ -2,11 +2,11 @@
 labelled sentence (Tang et al. 2019), cached once.
 
 TextCNN on `mr` by default; the BiLSTM with
-`--config.student.model='{"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200}'`.
+`--config.student.model='{"name": "bilstm"}'` (its defaults are the paper's sizes).
 
 Command:
-    distill-jax cache-teacher --config experiments/text_cls/kd_aug.py --teacher runs/text_cls/mr/teacher \
-        --views 4 --workdir runs/text_cls/mr/cache_kd_aug
+    distill-jax cache-teacher --config experiments/text_cls/kd_aug.py \
+        --teacher runs/text_cls/mr/teacher --views 4 --workdir runs/text_cls/mr/cache_kd_aug
     distill-jax distill --config experiments/text_cls/kd_aug.py \
         --teacher_cache runs/text_cls/mr/cache_kd_aug --workdir runs/text_cls/mr/textcnn/kd_aug
 

@@ -2,7 +2,7 @@
 snippets) appended to the transfer set; its labels are never used.
 
 TextCNN on `mr` by default; the BiLSTM with
-`--config.student.model='{"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200}'`.
+`--config.student.model='{"name": "bilstm"}'` (its defaults are the paper's sizes).
 
 Command:
     distill-jax cache-teacher --config experiments/text_cls/kd_aug_unlabelled.py \

@@ -268,7 +268,8 @@ def plot(results: dict[str, Any], path: str) -> None:
     width = 0.8 / max(len(students), 1)
     for j, student in enumerate(students):
         runs = results["runs"][student]
-        xs = [i + (j - (len(students) - 1) / 2) * width for i, s in enumerate(settings) if s in runs]
+        shift = (j - (len(students) - 1) / 2) * width
+        xs = [i + shift for i, s in enumerate(settings) if s in runs]
         stats = [_mean_std([100 * a for a in runs[s]["accuracy"]]) for s in settings if s in runs]
         ax.bar(
             xs,

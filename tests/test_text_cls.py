@@ -1,0 +1,160 @@
+"""Text classification with transfer sets (experiments/text_cls): unlabelled rows in the
+training split, the misuse they invite, and the experiment's driver on tiny models."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distill_jax.config import import_file, load_config
+from distill_jax.errors import ConfigError
+from distill_jax.tasks import Classification
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXPERIMENT = os.path.join(HERE, "..", "experiments", "text_cls")
+BERT = {
+    "name": "bert",
+    "hidden_size": 16,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 32,
+    "max_position": 64,
+    "head_input": "mean",
+}
+
+
+def tiny(data_dir, **extra) -> list[str]:
+    items = {
+        "data.data_dir": data_dir,
+        "data.train_split": "train[:64]",
+        "data.validation_split": "validation[:32]",
+        "data.test_split": "test[:32]",
+        "data.eval_batch_size": 32,
+        "data.unlabelled_split": "train[:32]",
+        "teacher.model": BERT,
+        "student.model": {**BERT, "hidden_size": 8},
+        "teacher.train.epochs": 1,
+        "student.train.epochs": 2,
+        "teacher.train.warmup_epochs": 0.0,
+        "student.train.batch_size": 32,
+        "eval.latency_batch_size": 4,
+        "log.every_steps": 1,
+    }
+    items.update(extra)
+    return [f"{k}={v!r}" for k, v in items.items()]
+
+
+def test_unlabelled_rows_are_skipped_by_the_task_loss_and_accuracy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 3)).astype(np.float32)
+    labels = np.array([0, -1, 2, 1, -1, 2])
+    task = Classification(unlabelled=True)
+    loss = float(task.loss(jnp.asarray(logits), jnp.asarray(labels), None, 0.0))
+    kept = labels >= 0
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.mean(logp[kept][np.arange(kept.sum()), labels[kept]])
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    acc = float(task.train_metrics(jnp.asarray(logits), jnp.asarray(labels), None)["accuracy"])
+    assert acc == pytest.approx(np.mean(logits[kept].argmax(-1) == labels[kept]))
+    # All rows unlabelled: a zero loss, not NaN.
+    none = jnp.full((6,), -1)
+    assert float(task.loss(jnp.asarray(logits), none, None, 0.0)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(data_dir, tmp_path_factory):
+    from distill_jax.cli import main
+
+    workdir = str(tmp_path_factory.mktemp("text_cls") / "teacher")
+    args = [f"--config.{o}" for o in tiny(data_dir)]
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                os.path.join(EXPERIMENT, "teacher.py"),
+                "--workdir",
+                workdir,
+                *args,
+            ]
+        )
+        == 0
+    )
+    return workdir
+
+
+def test_distilling_on_labelled_plus_unlabelled_text(data_dir, tmp_path, teacher_dir):
+    from distill_jax.train.loop import fit, load_data, load_teacher
+
+    overrides = tiny(data_dir, **{"data.unlabelled": ["vader_snippets"]})
+    cfg = load_config(os.path.join(EXPERIMENT, "kd.py"), overrides)
+    data = load_data(cfg)
+    assert len(data.train) == 64 + 32 and (data.train.labels == -1).sum() == 32
+    assert data.train.info.splits["unlabelled"] == 32
+    teacher = load_teacher(teacher_dir)
+    result = fit(cfg, str(tmp_path / "student"), role="student", teacher=teacher)
+    train = [r for r in result.history if r["split"] == "validation"]
+    assert len(train) == 2 and np.isfinite(result.test["accuracy"])
+    records = [json.loads(line) for line in open(tmp_path / "student" / "metrics.jsonl")]
+    steps = [r for r in records if r["split"] == "train"]
+    assert len(steps) == 2 * 3  # 96 rows / batch 32, two epochs
+    assert all(np.isfinite(r["kd"]) and np.isfinite(r["ce"]) for r in steps)
+
+
+@pytest.mark.parametrize(
+    "extra, teacher, message",
+    [
+        ({}, False, "cannot use; distil from a teacher"),
+        (
+            {"distill.losses": {"dkd": {"weight": 1.0}}},
+            True,
+            "distill.losses.dkd reads the labels",
+        ),
+        ({"data.name": "mr/len32"}, True, "holds sequences of 64 tokens"),
+        ({"data.name": "digits", "student.model": {"name": "mlp"}}, False, "holds images"),
+    ],
+)
+def test_unlabelled_misuse_is_one_clear_error_before_anything_is_written(
+    data_dir, tmp_path, teacher_dir, extra, teacher, message
+):
+    from distill_jax.train.loop import fit, load_teacher
+
+    overrides = tiny(data_dir, **{"data.unlabelled": ["vader_snippets"], **extra})
+    cfg = load_config(os.path.join(EXPERIMENT, "kd.py"), overrides)
+    workdir = tmp_path / "student"
+    with pytest.raises(ConfigError, match=message):
+        fit(
+            cfg,
+            str(workdir),
+            role="student",
+            teacher=load_teacher(teacher_dir) if teacher else None,
+        )
+    assert not workdir.exists()
+
+
+def test_token_augment_on_images_is_refused(data_dir, tmp_path):
+    from distill_jax.train.loop import fit
+
+    cfg = load_config(
+        None,
+        [
+            f"data.data_dir={data_dir!r}",
+            "data.name='digits'",
+            "student.train.token_augment.mask=0.1",
+        ],
+    )
+    with pytest.raises(ConfigError, match="token_augment masks and replaces words"):
+        fit(cfg, str(tmp_path / "s"), role="student")
+    assert not (tmp_path / "s").exists()
+
+
+def test_settings_are_the_documented_ones():
+    common = import_file(os.path.join(EXPERIMENT, "common.py"))
+    for setting in common.SETTINGS:
+        cfg = load_config(os.path.join(EXPERIMENT, f"{setting}.py"))
+        aug = cfg.student.train.token_augment
+        assert (aug.mask > 0) == ("aug" in setting)
+        assert bool(cfg.data.unlabelled) == setting.endswith("unlabelled")
+        assert cfg.data.name == "mr"
