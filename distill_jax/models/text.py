@@ -23,13 +23,12 @@ vectors) is a training constraint and not part of the module.
 Neural Networks", BiLSTM_SOFT, single-sentence model): embedding (300-d word2vec there)
 -> one bidirectional LSTM layer of 150 units per direction -> the two final hidden
 states concatenated (forward at the last real token, backward at the first token) ->
-a 200-unit ReLU layer -> dropout -> linear classifier. Sizes: the paper (section 4.2)
-picks 150 or 300 LSTM units and 200 or 400 ReLU units per task by validation score, the
-smaller pair for single-sentence SST-2, the larger for the sentence-pair tasks; the
-authors' configs for SST-2 (github.com/castorini/d-bert, `confs/birnn_sst2.json`:
-`hidden_size` 150, `fc_size` 200, `dropout` 0.1, `words_dim` 300; model
-`dbert/distill/model/bi_rnn.py`, which applies the dropout after the ReLU layer only)
-fix the defaults here. Sequences are right-padded (the pipeline's convention): the
+a 200-unit ReLU layer -> dropout -> linear classifier. Sizes: the authors' code release
+(github.com/castorini/d-bert) holds two single-sentence (SST-2) settings,
+`confs/birnn_sst2.json` (`hidden_size` 150, `fc_size` 200) and `confs/birnn_sst2-lg.json`
+(300, 400), both with `words_dim` 300 and `dropout` 0.1, which its model
+(`dbert/distill/model/bi_rnn.py`) applies after the ReLU layer only; the smaller one
+sets the defaults here. Sequences are right-padded (the pipeline's convention): the
 length is the number of non-padding ids; an all-padding row gets zero final states.
 
 Features (every name a feature-based loss can read):
