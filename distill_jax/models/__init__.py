@@ -5,7 +5,9 @@ benchmarks: the CIFAR models of CRD/RepDistiller (`resnet8` ... `resnet110`, `re
 `resnet32x4`, `wrn_16_1` ... `wrn_40_2`, `vgg8` ... `vgg19` (with BatchNorm),
 `mobilenetv2`, `mobilenetv2_half`, `shufflenetv1`, `shufflenetv2`) and torchvision's
 ImageNet `resnet18`, `resnet34`, `resnet50`; for text, the BERT-style encoder `bert`
-(`models/transformer.py`, initialisable from a Hugging Face checkpoint). Each variant is a
+(`models/transformer.py`, initialisable from a Hugging Face checkpoint) and two small,
+fast students (`models/text.py`, their embeddings initialisable from one): Kim's
+`textcnn` and Tang et al.'s `bilstm`. Each variant is a
 subclass whose defaults fix the architecture, and every model returns
 `(logits_BC, features)` with the feature names documented in its module.
 
@@ -45,6 +47,7 @@ from distill_jax.models.resnet import (
     ResNet110,
 )
 from distill_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from distill_jax.models.text import BiLSTM, TextCNN
 from distill_jax.models.transformer import Bert
 from distill_jax.models.vgg import VGG, VGG8, VGG11, VGG13, VGG16, VGG19
 from distill_jax.models.wrn import WideResNet, WRN16x1, WRN16x2, WRN40x1, WRN40x2
@@ -79,8 +82,11 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet18": ResNet18,
     "resnet34": ResNet34,
     "resnet50": ResNet50,
-    # Text: a BERT-style encoder over token ids (models/transformer.py).
+    # Text: a BERT-style encoder over token ids (models/transformer.py) and two small
+    # students over the same ids (models/text.py).
     "bert": Bert,
+    "textcnn": TextCNN,
+    "bilstm": BiLSTM,
 }
 
 # Fields that the pipeline sets itself; a config may not set them.
@@ -117,7 +123,9 @@ def validate_model_config(model_cfg: Mapping[str, Any], key: str) -> None:
         fields = model_fields(model_cfg["name"])
     except ConfigError as e:
         raise ConfigError(f"{key}.name: {e}") from None
-    defaults = {f.name: f.default for f in dataclasses.fields(get_model_class(model_cfg["name"]))}
+    cls_fields = dataclasses.fields(get_model_class(model_cfg["name"]))
+    defaults = {f.name: f.default for f in cls_fields}
+    types = {f.name: str(f.type).replace(" ", "") for f in cls_fields}
     for k, value in model_cfg.items():
         if k == "name":
             continue
@@ -128,16 +136,24 @@ def validate_model_config(model_cfg: Mapping[str, Any], key: str) -> None:
                 f"unknown key '{key}.{k}'{hint} for model '{model_cfg['name']}'; "
                 f"valid keys: {', '.join(['name', *fields])}"
             )
-        _check_model_value(f"{key}.{k}", value, defaults[k])
+        _check_model_value(f"{key}.{k}", value, defaults[k], types[k])
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_model_value(where: str, value: Any, default: Any) -> None:
+def _check_model_value(where: str, value: Any, default: Any, annotation: str = "") -> None:
     """A model argument of the type its default has: sizes are positive integers (layer
-    indices non-negative), rates finite and dropout in [0, 1)."""
+    indices non-negative), rates finite and dropout in [0, 1); an optional string (a
+    checkpoint to initialise from, `annotation` `str | None`) is a string or None."""
+    if default is None and annotation in ("str|None", "Optional[str]"):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"{where} must be a string (a checkpoint directory or package name) or None, "
+                f"got {value!r}"
+            )
+        return
     if isinstance(default, tuple) and default and _is_int(default[0]):
         low = 0 if where.endswith("layers") else 1
         if not isinstance(value, list | tuple) or not all(_is_int(v) and v >= low for v in value):
@@ -191,6 +207,7 @@ def count_params(params: Any) -> int:
 
 __all__ = [
     "CNN",
+    "BiLSTM",
     "Bert",
     "MLP",
     "MODELS",
@@ -200,6 +217,7 @@ __all__ = [
     "ResNet",
     "ShuffleNetV1",
     "ShuffleNetV2",
+    "TextCNN",
     "WideResNet",
     "Features",
     "count_params",

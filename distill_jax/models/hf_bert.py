@@ -17,6 +17,10 @@ Ignored on purpose: the `position_ids` buffer and the task heads of other BERT c
 (`cls.*`: the pre-training heads; `classifier.*`: a fine-tuned classifier), since our
 classification head is always new. A leading `bert.` prefix (BertFor* checkpoints) is
 stripped.
+
+`embedding_table` hands out the word-piece embedding table alone (width-projected like a
+narrow `Bert`'s when a smaller width is asked for), for the text students of
+`models/text.py` (`init_embeddings`).
 """
 
 from __future__ import annotations
@@ -319,6 +323,37 @@ def convert_params(
         P_DE = width_projection(tree["word_embeddings"]["embedding"], hidden_size)
         out = project_params(out, P_DE, num_heads, intermediate_size)
     return out
+
+
+def embedding_table(name_or_path: str | os.PathLike, vocab_size: int, width: int) -> np.ndarray:
+    """A checkpoint's word-piece embeddings `(vocab_size, width)`, float32, to initialise
+    a student's token embedding (`models/text.py`'s `init_embeddings`).
+
+    At the checkpoint's width the table is copied; a narrower `width` gets the projection
+    a narrow `Bert` gets (`table @ width_projection(table, width)`: the table's top
+    right-singular directions).
+
+    Raises:
+        ConfigError: `vocab_size` differs from the checkpoint's, or `width` exceeds its
+            width (a projection can only narrow).
+        CheckpointError: see `load_params`.
+    """
+    cfg, tree = load_params(name_or_path)
+    if vocab_size != cfg["vocab_size"]:
+        raise ConfigError(
+            f"model vocab_size {vocab_size} differs from the checkpoint's {cfg['vocab_size']} "
+            f"({name_or_path})"
+        )
+    table_VD = tree["word_embeddings"]["embedding"]
+    D = cfg["hidden_size"]
+    if width > D:
+        raise ConfigError(
+            f"embedding_dim {width} exceeds the width {D} of {name_or_path}'s embeddings "
+            f"(a narrower width is projected, a wider one cannot be)"
+        )
+    if width < D:
+        table_VD = table_VD @ width_projection(table_VD, width)
+    return np.asarray(table_VD, np.float32)
 
 
 def init_from_checkpoint(module: Any, params: Any) -> Any:
