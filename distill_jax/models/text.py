@@ -96,6 +96,28 @@ def _initial_params(module: nn.Module, params: Any) -> Any:
     return new
 
 
+class WideConv1D(nn.Module):
+    """A 1-D convolution over `(B, L, E)` with `width - 1` zero vectors on both sides:
+    `(B, L + width - 1, features)`. The parameters are `nn.Conv`'s (`kernel` (width, E, F),
+    `bias` (F,), same initialisers); it is computed as one matmul over the stacked windows
+    (im2col), whose gradient XLA's CPU backend computes ~10x faster than a convolution's
+    filter gradient (measured: 7 vs 71 ms for a batch of 50 x 64 tokens, E 128, F 100)."""
+
+    features: int
+    width: int
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x_BLE: jax.Array) -> jax.Array:
+        w, (_, L, E) = self.width, x_BLE.shape
+        kernel = self.param("kernel", nn.linear.default_kernel_init, (w, E, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        padded = jnp.pad(x_BLE, ((0, 0), (w - 1, w - 1), (0, 0)))
+        windows_BSWE = jnp.stack([padded[:, k : k + L + w - 1] for k in range(w)], axis=2)
+        out = jnp.einsum("bswe,wef->bsf", windows_BSWE, kernel.astype(self.dtype))
+        return out + bias.astype(self.dtype)
+
+
 class TextCNN(nn.Module):
     """Kim (2014)'s sentence CNN: parallel 1-D convolutions, max over time, linear head.
 
@@ -135,13 +157,7 @@ class TextCNN(nn.Module):
         for w in self.filter_widths:
             # Window s (of L + w - 1) reads positions s - (w - 1) .. s of the sequence, with
             # zero vectors outside it; it counts when one of them is a real token.
-            conv_BSF = nn.Conv(
-                self.num_filters,
-                (w,),
-                padding=[(w - 1, w - 1)],
-                dtype=self.dtype,
-                name=f"conv{w}",
-            )(x_BLE)
+            conv_BSF = WideConv1D(self.num_filters, w, dtype=self.dtype, name=f"conv{w}")(x_BLE)
             mask_pad_BP = jnp.pad(mask_BL, ((0, 0), (w - 1, w - 1)))
             window_BS = jnp.zeros_like(mask_pad_BP[:, : L + w - 1])
             for k in range(w):
