@@ -158,3 +158,65 @@ def test_settings_are_the_documented_ones():
         assert (aug.mask > 0) == ("aug" in setting)
         assert bool(cfg.data.unlabelled) == setting.endswith("unlabelled")
         assert cfg.data.name == "mr"
+
+
+def _driver_overrides(data_dir, replace: bool) -> list[str]:
+    # Word replacement builds a 30,522-word neighbour table (about 12 s, once per data
+    # dir); the default test leaves it to tests/test_text_augment.py and the slow test.
+    extra = {"student.train.epochs": 2}
+    if not replace:
+        extra["student.train.token_augment.replace"] = 0.0
+    return [o for o in tiny(data_dir, **extra) if not o.startswith("student.model")]
+
+
+TINY_STUDENTS = {
+    "textcnn": {"name": "textcnn", "embedding_dim": 8, "num_filters": 4},
+    "bilstm": {"name": "bilstm", "embedding_dim": 8, "hidden_size": 4, "dense": 8},
+}
+
+
+def _run_driver(data_dir, workdir, monkeypatch, students, settings, seeds, replace=False):
+    run = import_file(os.path.join(EXPERIMENT, "run.py"))
+    monkeypatch.setattr(run.common, "STUDENTS", TINY_STUDENTS)
+    return run, run.run(
+        "mr",
+        str(workdir),
+        students=students,
+        settings=settings,
+        seeds=seeds,
+        overrides=_driver_overrides(data_dir, replace),
+        say=lambda *a: None,
+    )
+
+
+def test_text_cls_driver_tiny(data_dir, tmp_path, monkeypatch):
+    """The experiment's driver on tiny models: teacher, a transfer-set cache, the student
+    alone and distilled with alpha x T chosen on validation, the table and the plot."""
+    run, results = _run_driver(
+        data_dir, tmp_path / "run", monkeypatch, ("textcnn",), ("alone", "kd_aug"), 2
+    )
+    kd = results["runs"]["textcnn"]["kd_aug"]
+    assert len(kd["accuracy"]) == 2 and kd["alpha"] in (0.0, 0.5)
+    grid = kd["grid_val_accuracy"]
+    assert len(grid) == 4 and kd["val_accuracy"] == max(grid.values())
+    cache = json.loads((tmp_path / "run" / "caches" / "kd_aug" / "cache.json").read_text())
+    assert cache["views"] == run.common.VIEWS and cache["token_augment"]["mask"] == 0.1
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "| TextCNN | KD + augmentation (4 views) |" in table and " sd)" in table
+    assert (tmp_path / "run" / "results.png").stat().st_size > 1000
+    # Resumable: a second call reuses the finished runs and the cache.
+    _, again = _run_driver(
+        data_dir, tmp_path / "run", monkeypatch, ("textcnn",), ("alone", "kd_aug"), 2
+    )
+    assert again["runs"]["textcnn"]["kd_aug"]["accuracy"] == kd["accuracy"]
+    assert again["seconds"]["cache_kd_aug"] == 0.0
+
+
+@pytest.mark.slow
+def test_text_cls_driver_every_setting_tiny(data_dir, tmp_path, monkeypatch):
+    common = import_file(os.path.join(EXPERIMENT, "common.py"))
+    _, results = _run_driver(
+        data_dir, tmp_path / "run", monkeypatch, ("textcnn", "bilstm"), common.SETTINGS, 2, True
+    )
+    for student in ("textcnn", "bilstm"):
+        assert set(results["runs"][student]) == set(common.SETTINGS)

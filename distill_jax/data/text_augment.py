@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -70,23 +71,22 @@ def word_neighbours(embedding_VD: np.ndarray, vocab: dict[str, int], k: int) -> 
     return table
 
 
-def _neighbour_table(checkpoint: str, k: int, data_dir: str | None) -> np.ndarray:
-    """The neighbour table of `checkpoint`'s word embeddings, read from (or computed once
-    and written atomically to) `data_dir/distill_jax_text_augment/`."""
-    from distill_jax.models import hf_bert  # models import data; import here, not above
-
-    vocab = load_tokenizer(checkpoint).get_vocab()
-    _, tree = hf_bert.load_params(checkpoint)
-    embedding = np.asarray(tree["word_embeddings"]["embedding"], np.float32)
-    digest = hashlib.sha256(embedding.tobytes()).hexdigest()[:16]
+def _neighbour_table(
+    embedding_VD: np.ndarray, vocab: dict[str, int], k: int, data_dir: str | None
+) -> np.ndarray:
+    """`word_neighbours`, read from (or computed once and written atomically to)
+    `data_dir/distill_jax_text_augment/`, keyed by a hash of the table and the vocabulary."""
+    digest = hashlib.sha256(embedding_VD.astype(np.float32).tobytes())
+    digest.update(repr(sorted(vocab.items())).encode())
     path = None
     if data_dir:
-        path = os.path.join(data_dir, "distill_jax_text_augment", f"neighbours-{digest}-k{k}.npy")
+        name = f"neighbours-{digest.hexdigest()[:16]}-k{k}.npy"
+        path = os.path.join(data_dir, "distill_jax_text_augment", name)
         if os.path.isfile(path):
             table = np.load(path)
-            if table.shape == (embedding.shape[0], k):
+            if table.shape == (embedding_VD.shape[0], k):
                 return table
-    table = word_neighbours(embedding, vocab, k)
+    table = word_neighbours(embedding_VD, vocab, k)
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_with(path, lambda tmp: np.save(tmp, table))  # keeps the .npy name
@@ -118,8 +118,20 @@ class TokenAugment:
     pad_id: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, data_dir: str | None) -> TokenAugment | None:
-        """The augmentation of `train.token_augment`, or None when it is off."""
+    def from_config(
+        cls,
+        cfg: Any,
+        data_dir: str | None,
+        word_embeddings: Callable[[str], np.ndarray],
+    ) -> TokenAugment | None:
+        """The augmentation of `train.token_augment`, or None when it is off.
+
+        Args:
+            cfg: the `token_augment` section.
+            data_dir: where the neighbour table is kept (None: computed every time).
+            word_embeddings: checkpoint name -> its `(V, D)` word-piece embedding table
+                (read by the caller: `data` does not import `models`).
+        """
         if not (cfg.mask or cfg.replace or cfg.ngram):
             return None
         vocab = load_tokenizer(cfg.embeddings).get_vocab()
@@ -128,7 +140,9 @@ class TokenAugment:
         for piece, i in vocab.items():
             word_start[i] = not piece.startswith("##")
         neighbours = (
-            _neighbour_table(cfg.embeddings, cfg.neighbours, data_dir)
+            _neighbour_table(
+                np.asarray(word_embeddings(cfg.embeddings)), vocab, cfg.neighbours, data_dir
+            )
             if cfg.replace
             else np.arange(size, dtype=np.int32)[:, None]
         )

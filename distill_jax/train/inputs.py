@@ -241,6 +241,13 @@ def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--te
         )
 
 
+def _word_embeddings(checkpoint: str) -> np.ndarray:
+    """The `(V, D)` word-piece embedding table of a BERT checkpoint (name or directory)."""
+    from distill_jax.models import hf_bert
+
+    return hf_bert.load_params(checkpoint)[1]["word_embeddings"]["embedding"]
+
+
 def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Classification:
     """The run's task: its training views (`role.train` augmentation) and whether the
     training split holds unlabelled rows; refuses augmentation of the wrong input kind."""
@@ -263,7 +270,7 @@ def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Class
         translate=train.translate,
         flip=train.flip,
         ece_bins=config.eval.ece_bins,
-        tokens=TokenAugment.from_config(tokens, data_dir) if token_aug else None,
+        tokens=TokenAugment.from_config(tokens, data_dir, _word_embeddings) if token_aug else None,
         unlabelled=bool(config.data.unlabelled),
     )
 

@@ -1,5 +1,5 @@
-"""As kd_aug, with the unlabelled in-domain text (for mr: the VADER Amazon, NYT and tweet
-snippets) appended to the transfer set; its labels are never used.
+"""As kd_aug, with unlabelled in-domain text (for mr: the 3,697 Amazon review snippets of
+`vader_snippets`) appended to the transfer set; it has no labels, only the teacher's.
 
 TextCNN on `mr` by default; the BiLSTM with
 `--config.student.model='{"name": "bilstm"}'` (its defaults are the paper's sizes).

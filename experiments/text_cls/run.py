@@ -67,7 +67,7 @@ def make_config(setting: str, student: str, dataset: str, overrides=(), seeds: i
         cfg = common.config(setting, student, dataset)
         cfg["vmap"] = {"students": seeds, "by": "map" if student in MAP_STUDENTS else "vmap"}
         if setting in CACHES:
-            cfg["vmap"].update(common.GRID)
+            cfg["vmap"].update(common.GRID[student])
     return config_lib.from_dict(cfg, overrides)
 
 
