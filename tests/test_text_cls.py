@@ -175,9 +175,14 @@ TINY_STUDENTS = {
 }
 
 
+GRID = {"alpha": [0.0, 0.5], "temperature": [1.0, 2.0]}
+
+
 def _run_driver(data_dir, workdir, monkeypatch, students, settings, seeds, replace=False):
     run = import_file(os.path.join(EXPERIMENT, "run.py"))
     monkeypatch.setattr(run.common, "STUDENTS", TINY_STUDENTS)
+    # A 2 x 2 grid, so that the choice on validation has something to choose.
+    monkeypatch.setattr(run.common, "GRID", {s: GRID for s in TINY_STUDENTS})
     return run, run.run(
         "mr",
         str(workdir),
@@ -199,6 +204,7 @@ def test_text_cls_driver_tiny(data_dir, tmp_path, monkeypatch):
     assert len(kd["accuracy"]) == 2 and kd["alpha"] in (0.0, 0.5)
     grid = kd["grid_val_accuracy"]
     assert len(grid) == 4 and kd["val_accuracy"] == max(grid.values())
+    assert results["runs"]["textcnn"]["alone"]["alpha"] is None
     cache = json.loads((tmp_path / "run" / "caches" / "kd_aug" / "cache.json").read_text())
     assert cache["views"] == run.common.VIEWS and cache["token_augment"]["mask"] == 0.1
     table = (tmp_path / "run" / "results.md").read_text()

@@ -21,7 +21,7 @@ import copy
 
 VIEWS = 4
 """Transfer-set views per sentence in the teacher cache (the student sees view e % 4 at
-epoch e: in its 4 epochs every view once, as many sentences as a student trained alone)."""
+epoch e: in its 16 epochs, 4 passes over the transfer set, every view 4 times)."""
 
 # Tang et al. (2019): p_mask = p_pos = 0.1, p_ng = 0.25, n <= 5. Our replacement draws from
 # the teacher's embedding neighbours, not from same-POS words (data/text_augment.py); a
@@ -64,7 +64,7 @@ STUDENT_TRAIN = {
     "learning_rate": 1e-3,
     "schedule": "cosine",
     "batch_size": 50,
-    "epochs": 4,
+    "epochs": 16,
     "grad_clip": 5.0,
 }
 # Distillation: soft targets only (alpha = 0, KL at T) is the default; run.py chooses
