@@ -14,6 +14,7 @@ from distill_jax.data.augment import augment, to_float
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.losses import kd_loss, topk_kd_loss
 from distill_jax.models import create_model
+from distill_jax.tasks import Classification
 from distill_jax.teachers import NoTeacher, cache_view_key
 from distill_jax.train import loop
 from distill_jax.train.inputs import teacher_in_dtype
@@ -159,7 +160,8 @@ def test_topk_kd_with_all_classes_equals_kd_and_matches_numpy():
 def test_cached_views_are_the_teachers_outputs_on_those_views(data_dir, tmp_path, teacher):
     data = loop.load_data(_config(data_dir))
     cache_dir = str(tmp_path / "cache")
-    write_cache(teacher, data.train, cache_dir, views=2, translate=1, seed=7, progress=False)
+    task = Classification(translate=1)
+    write_cache(teacher, data.train, cache_dir, views=2, task=task, seed=7, progress=False)
     cache = load_cache(cache_dir)
     assert cache.values.shape == (len(data.train), 2, 10) and cache.indices is None
     index = np.arange(40, 50)
@@ -200,22 +202,16 @@ def test_cache_is_refused_for_another_teacher_split_or_augmentation(data_dir, tm
     write_cache(teacher, data.train, cache_dir, top_k=3, progress=False)
     cache = load_cache(cache_dir)
     assert cache.values.dtype == np.float16 and cache.indices.shape == (len(data.train), 1, 3)
-    check_cache(cache, data.train, "train", translate=0, flip=False, teacher=teacher)
+    plain = Classification()
+    check_cache(cache, data.train, "train", task=plain, teacher=teacher)
     with pytest.raises(ConfigError, match="split 'train' .* split 'validation'"):
-        check_cache(cache, data.validation, "validation", translate=0, flip=False)
+        check_cache(cache, data.validation, "validation", task=plain)
     with pytest.raises(ConfigError, match="translate=0, but the student trains with translate=2"):
-        check_cache(cache, data.train, "train", translate=2, flip=False)
+        check_cache(cache, data.train, "train", task=Classification(translate=2))
     other_dir = str(tmp_path / "other_teacher")
     loop.fit(_config(data_dir, seed=5), other_dir, role="teacher")
     with pytest.raises(ConfigError, match="made with another teacher"):
-        check_cache(
-            cache,
-            data.train,
-            "train",
-            translate=0,
-            flip=False,
-            teacher=loop.load_teacher(other_dir),
-        )
+        check_cache(cache, data.train, "train", task=plain, teacher=loop.load_teacher(other_dir))
     # Top-k caches feed KD only; feature methods never.
     cfg = _config(
         data_dir, **{"distill.cache": cache_dir, "distill.losses": {"dkd": {"weight": 1}}}
