@@ -82,18 +82,27 @@ def _embed(module: nn.Module, ids_BL: jax.Array, mask_BL: jax.Array) -> jax.Arra
     return (x_BLE * mask_BL[..., None]).astype(module.dtype)
 
 
-def _initial_params(module: nn.Module, params: Any) -> Any:
-    """`params` with the token embedding taken from `module.init_embeddings`, if set."""
-    if module.init_embeddings is None:
-        return params
-    from distill_jax.models import hf_bert
+class _PretrainedEmbedding:
+    """`initial_params` of a text student whose embedding can start from a checkpoint's
+    word-piece table (`init_embeddings`)."""
 
-    table_VE = hf_bert.embedding_table(
-        module.init_embeddings, module.vocab_size, module.embedding_dim
-    )
-    new = dict(params)
-    new["word_embeddings"] = {"embedding": table_VE}
-    return new
+    def initial_params(self, params: Any) -> Any:
+        """The parameters to start training from: `params` (a random initialisation of
+        this module) with the embedding replaced by `init_embeddings`' table if set.
+
+        Raises:
+            ConfigError: the vocabulary differs from the checkpoint's, or `embedding_dim`
+                exceeds its width.
+            CheckpointError: the checkpoint is missing or unreadable.
+        """
+        if self.init_embeddings is None:
+            return params
+        from distill_jax.models import hf_bert
+
+        table_VE = hf_bert.embedding_table(
+            self.init_embeddings, self.vocab_size, self.embedding_dim
+        )
+        return {**params, "word_embeddings": {"embedding": table_VE}}
 
 
 class WideConv1D(nn.Module):
@@ -118,7 +127,7 @@ class WideConv1D(nn.Module):
         return out + bias.astype(self.dtype)
 
 
-class TextCNN(nn.Module):
+class TextCNN(_PretrainedEmbedding, nn.Module):
     """Kim (2014)'s sentence CNN: parallel 1-D convolutions, max over time, linear head.
 
     Attributes:
@@ -173,19 +182,8 @@ class TextCNN(nn.Module):
         logits_BC = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pre_BD)
         return logits_BC, features
 
-    def initial_params(self, params: Any) -> Any:
-        """The parameters to start training from: `params` (a random initialisation of
-        this module) with the embedding replaced by `init_embeddings`' table if set.
 
-        Raises:
-            ConfigError: the vocabulary differs from the checkpoint's, or `embedding_dim`
-                exceeds its width.
-            CheckpointError: the checkpoint is missing or unreadable.
-        """
-        return _initial_params(self, params)
-
-
-class BiLSTM(nn.Module):
+class BiLSTM(_PretrainedEmbedding, nn.Module):
     """Tang et al. (2019)'s BiLSTM student: one bidirectional LSTM layer, the final states
     of both directions, a ReLU layer and a linear head.
 
@@ -244,14 +242,3 @@ class BiLSTM(nn.Module):
         pre_BD = nn.Dropout(self.dropout, deterministic=not train)(pre_BD)
         logits_BC = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pre_BD)
         return logits_BC, features
-
-    def initial_params(self, params: Any) -> Any:
-        """The parameters to start training from: `params` (a random initialisation of
-        this module) with the embedding replaced by `init_embeddings`' table if set.
-
-        Raises:
-            ConfigError: the vocabulary differs from the checkpoint's, or `embedding_dim`
-                exceeds its width.
-            CheckpointError: the checkpoint is missing or unreadable.
-        """
-        return _initial_params(self, params)
