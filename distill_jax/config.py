@@ -92,6 +92,10 @@ def default_config() -> dict[str, Any]:
             # processes) -- for splits larger than memory; auto: device if < 1 GiB, else host.
             "pipeline": "auto",
             "shuffle_seed": -1,  # data order and augmentation; -1: the run's seed
+            # Token ids: > 0 trains on batches of similar length, each cut to its longest
+            # sequence rounded up to a multiple of this (e.g. 16): the step's cost follows
+            # the text, not the padding. 0: every batch at the full sequence length.
+            "length_bucket": 0,
             # Unlabelled datasets (e.g. ["vader_snippets"]) whose `train` split is appended
             # to the training split with label -1: the teacher labels them, the task loss
             # and accuracy skip them. Token-id data of the same sequence length only.
@@ -402,6 +406,12 @@ def validate(cfg: dict[str, Any]) -> None:
     if cfg["data"]["shuffle_seed"] < -1:
         raise ConfigError(
             f"data.shuffle_seed must be >= 0 (or -1), got {cfg['data']['shuffle_seed']}"
+        )
+    _positive(cfg["data"]["length_bucket"], "data.length_bucket", allow_zero=True)
+    if cfg["data"]["length_bucket"] and cfg["data"]["pipeline"] in ("device", "stream"):
+        raise ConfigError(
+            "data.length_bucket cuts each batch on the host from the split in memory: set "
+            f"data.pipeline to 'host' or 'auto', not {cfg['data']['pipeline']!r}"
         )
     for name in cfg["data"]["unlabelled"]:
         if not isinstance(name, str) or not name:

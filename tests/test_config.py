@@ -37,12 +37,19 @@ def test_experiment_file_and_overrides():
         ("student.train.epochs='ten'", "student.train.epochs must be an integer"),
         ("parallel.strategy='pjit'", "valid values: jit, pmap"),
         ("student.train=3", "student.train is a section"),
+        ("data.length_bucket=-8", "data.length_bucket must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert fragment in str(e.value)
+
+
+def test_length_buckets_need_batches_cut_on_the_host():
+    with pytest.raises(ConfigError, match="'host' or 'auto', not 'device'"):
+        load_config(None, ["data.length_bucket=16", "data.pipeline='device'"])
+    assert load_config(None, ["data.length_bucket=16"]).data.length_bucket == 16
 
 
 def test_unknown_key_in_file(tmp_path):

@@ -264,6 +264,79 @@ def test_process_shards_concatenate_to_the_global_batch(digits_train):
             assert np.array_equal(np.concatenate([p[key] for p in parts]), full[step][key])
 
 
+@pytest.fixture(scope="module")
+def token_train():
+    """Right-padded token ids of lengths 3..40 (width 48), labels by length."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 41, 1000)
+    ids = np.zeros((1000, 48), np.int32)
+    for row, n in zip(ids, lengths):
+        row[:n] = rng.integers(1, 500, n)
+    ids[7, 5] = 0  # padding inside a sequence does not end it
+    info = data.DatasetInfo("toy_text", 2, (48,), {"train": 1000}, input_kind="tokens")
+    return data.ArraySplit(images=ids, labels=(lengths > 20).astype(np.int32), info=info)
+
+
+def test_length_buckets_cut_batches_to_their_longest_sequence(token_train):
+    lengths = data.token_lengths(token_train.images)
+    assert lengths[7] == (token_train.images[7] != 0).nonzero()[0][-1] + 1
+    plain = data.train_dataset(token_train, batch_size=32, seed=4)
+    ds = data.train_dataset(token_train, batch_size=32, seed=4, length_bucket=16)
+    spe = data.steps_per_epoch(1000, 32)
+    for epoch in range(2):
+        steps = range(epoch * spe, (epoch + 1) * spe)
+        batches = [ds[s] for s in steps]
+        # The same examples as the plain epoch, now grouped by length.
+        got = np.sort(np.concatenate([b["index"] for b in batches]))
+        assert np.array_equal(got, np.sort(np.concatenate([plain[s]["index"] for s in steps])))
+        widths = []
+        for b in batches:
+            width = b["image"].shape[1]
+            widths.append(width)
+            assert width % 16 == 0 and width >= lengths[b["index"]].max()
+            assert width - 16 < max(lengths[b["index"]].max(), 1)  # the smallest bucket
+            assert np.array_equal(b["image"], token_train.images[b["index"], :width])
+            assert np.array_equal(b["label"], token_train.labels[b["index"]])
+        # Grouping leaves little padding: most batches are narrower than the full width.
+        assert np.mean(widths) < 40 and len(set(widths)) == 3
+    assert not np.array_equal(ds[0]["index"], ds[spe]["index"])
+
+
+def test_length_sorted_batches_hold_every_example_once_cut_to_its_length(token_train):
+    lengths = data.token_lengths(token_train.images)
+    batches = list(data.length_sorted_batches(token_train, 300, bucket=16))
+    assert [int(b["mask"].sum()) for b in batches] == [300, 300, 300, 100]
+    index = np.concatenate([b["index"][b["mask"]] for b in batches])
+    assert np.array_equal(np.sort(index), np.arange(1000))
+    assert (np.diff(lengths[index]) <= 0).all()  # longest first
+    for b in batches:
+        rows, width = b["index"][b["mask"]], b["image"].shape[1]
+        assert width % 16 == 0 and width - 16 < lengths[rows].max() <= width
+        assert np.array_equal(b["image"][b["mask"]], token_train.images[rows, :width])
+        assert (b["image"][~b["mask"]] == 0).all() and b["image"].shape[0] == 300
+
+
+def test_length_buckets_agree_across_processes(token_train):
+    full = data.train_dataset(token_train, 64, 2, length_bucket=8)
+    shards = [
+        data.train_dataset(token_train, 64, 2, process_index=p, process_count=2, length_bucket=8)
+        for p in range(2)
+    ]
+    for step in (0, 20):
+        parts = [s[step] for s in shards]
+        for key in ("image", "label", "index"):
+            assert np.array_equal(np.concatenate([p[key] for p in parts]), full[step][key])
+
+
+def test_length_buckets_refuse_images_and_device_splits(token_train, digits_train):
+    with pytest.raises(ConfigError, match="holds images"):
+        data.train_dataset(digits_train, 64, 0, length_bucket=16)
+    with pytest.raises(ConfigError, match="pipeline 'host' or 'auto'"):
+        data.train_dataset(token_train, 64, 0, indices_only=True, length_bucket=16)
+    with pytest.raises(ConfigError, match="non-negative"):
+        data.train_dataset(token_train, 64, 0, length_bucket=-1)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

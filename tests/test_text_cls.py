@@ -134,18 +134,18 @@ def test_unlabelled_misuse_is_one_clear_error_before_anything_is_written(
     assert not workdir.exists()
 
 
-def test_token_augment_on_images_is_refused(data_dir, tmp_path):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("student.train.token_augment.mask=0.1", "token_augment masks and replaces words"),
+        ("data.length_bucket=16", "length_bucket cuts batches of token ids"),
+    ],
+)
+def test_token_options_on_images_are_refused(data_dir, tmp_path, override, message):
     from distill_jax.train.loop import fit
 
-    cfg = load_config(
-        None,
-        [
-            f"data.data_dir={data_dir!r}",
-            "data.name='digits'",
-            "student.train.token_augment.mask=0.1",
-        ],
-    )
-    with pytest.raises(ConfigError, match="token_augment masks and replaces words"):
+    cfg = load_config(None, [f"data.data_dir={data_dir!r}", "data.name='digits'", override])
+    with pytest.raises(ConfigError, match=message):
         fit(cfg, str(tmp_path / "s"), role="student")
     assert not (tmp_path / "s").exists()
 

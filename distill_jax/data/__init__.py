@@ -22,10 +22,12 @@ from distill_jax.data.pipeline import (
     get_info,
     is_prepared,
     iterate,
+    length_sorted_batches,
     load_split,
     load_unlabelled,
     resolve_data_dir,
     steps_per_epoch,
+    token_lengths,
     train_dataset,
 )
 from distill_jax.data.text import StdlibDocstrings
@@ -50,9 +52,11 @@ __all__ = [
     "get_info",
     "is_prepared",
     "iterate",
+    "length_sorted_batches",
     "load_split",
     "load_unlabelled",
     "resolve_data_dir",
     "steps_per_epoch",
+    "token_lengths",
     "train_dataset",
 ]

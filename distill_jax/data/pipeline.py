@@ -510,6 +510,27 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
+GROUP_BATCHES = 32
+"""With `length_bucket`, this many consecutive batches of an epoch's permutation are sorted
+by length together and cut again (Hugging Face's `group_by_length` sorts 50): each batch
+holds sequences of similar length, drawn from a random window of the epoch."""
+
+
+def token_lengths(tokens_NL: np.ndarray, pad_id: int = 0) -> np.ndarray:
+    """Each right-padded sequence's length: the position after its last non-`pad_id` token
+    (0 for a row of padding only)."""
+    real_NL = np.asarray(tokens_NL) != pad_id
+    last = tokens_NL.shape[1] - np.argmax(real_NL[:, ::-1], axis=1)
+    return np.where(real_NL.any(axis=1), last, 0).astype(np.int32)
+
+
+def bucket_width(lengths: np.ndarray, bucket: int, max_width: int) -> int:
+    """The width a batch of sequences of these `lengths` is cut to: its longest, rounded up
+    to a multiple of `bucket`, at least `bucket` and at most `max_width`."""
+    longest = int(np.max(lengths, initial=0))
+    return min(max_width, max(bucket, -(-longest // bucket) * bucket))
+
+
 class _StepBatch:
     """Maps a global step to its batch (a class, so Grain workers can pickle it).
 
@@ -527,18 +548,37 @@ class _StepBatch:
         start: int,
         stop: int,
         indices_only: bool = False,
+        length_bucket: int = 0,
     ):
         self.split, self.num_examples = split, len(split)
         self.indices_only = indices_only
         self.batch_size, self.seed, self.start, self.stop = batch_size, seed, start, stop
         self.steps_per_epoch = self.num_examples // batch_size
+        self.length_bucket = length_bucket
+        self.lengths = token_lengths(split.images) if length_bucket else None
         self._epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:  # the last epoch's permutation is cached
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-            self._epoch = epoch
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            if self.lengths is not None:
+                perm = self._group_by_length(perm, epoch)
+            self._perm, self._epoch = perm, epoch
         return self._perm
+
+    def _group_by_length(self, perm: np.ndarray, epoch: int) -> np.ndarray:
+        """The epoch's batches (the same examples as `perm`'s), each of similar lengths:
+        every `GROUP_BATCHES` consecutive batches of `perm` are sorted by length and cut
+        again, then the epoch's batches are shuffled."""
+        size, steps = self.batch_size, self.steps_per_epoch
+        used = perm[: steps * size]
+        group = size * GROUP_BATCHES
+        chunks = [used[i : i + group] for i in range(0, len(used), group)]
+        batches = np.concatenate(
+            [c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]
+        ).reshape(steps, size)
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(steps)
+        return batches[order].reshape(-1)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         epoch, k = divmod(int(step), self.steps_per_epoch)
@@ -548,6 +588,9 @@ class _StepBatch:
         if self.indices_only:  # the split is resident on the device; it gathers itself
             return {"index": idx.astype(np.int32)}
         images, labels = self.split.read(idx)
+        if self.lengths is not None:  # cut to the global batch's bucket: same on every process
+            width = bucket_width(self.lengths[batch], self.length_bucket, images.shape[1])
+            images = images[:, :width]
         return {"image": images, "label": labels, "index": idx.astype(np.int32)}
 
 
@@ -563,6 +606,7 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     indices_only: bool = False,
+    length_bucket: int = 0,
 ) -> grain.MapDataset:
     """Returns the infinite, random-access training stream; `ds[step]` is step's batch.
 
@@ -580,13 +624,19 @@ def train_dataset(
         contiguous slice `[p * B / P : (p + 1) * B / P]` of every global batch.
       indices_only: yield only `"index"` (the split is resident on the device and the
         train step gathers the rows itself); the same order as the full batches.
+      length_bucket: for right-padded token ids in memory (an `ArraySplit`), > 0 groups
+        each epoch's batches by length (`GROUP_BATCHES`; the same examples per epoch) and
+        cuts each batch to its longest sequence rounded up to a multiple of this, so a
+        model over a sequence spends its time on tokens, not padding. The jitted step then
+        compiles once per width (at most `L / length_bucket` times).
 
     Returns:
       A `grain.MapDataset` of dicts: `"image"` uint8 (B/P, H, W, C), `"label"` int32
       (B/P,), `"index"` int32 (B/P,) positions in `split`.
 
     Raises:
-      ConfigError: bad batch size, seed, or process arguments.
+      ConfigError: bad batch size, seed, or process arguments, or `length_bucket` for a
+        split that is not token ids in memory.
     """
     steps_per_epoch(len(split), batch_size)  # Validates batch_size.
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -599,6 +649,17 @@ def train_dataset(
         )
     if seed < 0:
         raise ConfigError(f"seed must be non-negative, got {seed}.")
+    if length_bucket < 0:
+        raise ConfigError(f"length_bucket must be non-negative, got {length_bucket}.")
+    if length_bucket and split.info.input_kind != "tokens":
+        raise ConfigError(
+            f"length_bucket cuts batches of token ids; '{split.info.name}' holds images"
+        )
+    if length_bucket and (indices_only or not isinstance(split, ArraySplit)):
+        raise ConfigError(
+            "length_bucket cuts each batch on the host from the split in memory: use "
+            "data.pipeline 'host' or 'auto', not 'device' or 'stream'"
+        )
     per_process = batch_size // process_count
     batch_of_step = _StepBatch(
         split,
@@ -607,6 +668,7 @@ def train_dataset(
         process_index * per_process,
         (process_index + 1) * per_process,
         indices_only,
+        length_bucket,
     )
     return grain.MapDataset.range(_MAX_STEPS).map(batch_of_step)
 
@@ -646,6 +708,32 @@ def eval_batches(
                 for k, v in batch.items()
             }
         yield batch
+
+
+def length_sorted_batches(
+    split: ArraySplit, batch_size: int, bucket: int = 16
+) -> Iterator[dict[str, np.ndarray]]:
+    """Like `eval_batches` for right-padded token ids, longest sequences first, each batch
+    cut to its longest sequence rounded up to a multiple of `bucket` (at most
+    `L / bucket` widths): every example once, at a fraction of the padded cost.
+
+    Returns:
+      An iterator of dicts as `eval_batches`' (`"index"` says where each row belongs).
+    """
+    if batch_size <= 0 or bucket <= 0:
+        raise ConfigError(f"batch_size and bucket must be positive, got {batch_size}, {bucket}.")
+    lengths = token_lengths(split.images)
+    order = np.argsort(-lengths, kind="stable").astype(np.int32)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        width = bucket_width(lengths[index], bucket, split.images.shape[1])
+        pad = batch_size - len(index)
+        yield {
+            "image": np.pad(split.images[index, :width], ((0, pad), (0, 0))),
+            "label": np.pad(split.labels[index], (0, pad)),
+            "index": np.pad(index, (0, pad)),
+            "mask": np.arange(batch_size) < len(index),
+        }
 
 
 def iterate(

@@ -168,6 +168,8 @@ class TokenAugment:
             "original": self.original,
             "max_ngram": self.max_ngram,
             "neighbours": hashlib.sha256(self.neighbours_VK.tobytes()).hexdigest()[:16],
+            # 2: per-position draws, so a batch cut to its length gets the same views.
+            "draws": 2,
         }
 
     def __call__(self, key: jax.Array, ids_BL: jax.Array, index_B: jax.Array) -> jax.Array:
@@ -185,10 +187,10 @@ class TokenAugment:
             word = jnp.cumsum(start) - 1  # the word each piece belongs to
             num_words = jnp.sum(start)
             next_continues = jnp.concatenate([content[1:] & ~start[1:], jnp.zeros((1,), bool)])
-            u = jax.random.uniform(k_word, (L,))[jnp.clip(word, 0)]  # one draw per word
+            u = _per_position(jax.random.uniform, k_word, L)[jnp.clip(word, 0)]  # per word
             masked = content & (u < self.mask)
             replaced = start & ~next_continues & (u >= self.mask) & (u < self.mask + self.replace)
-            pick = jax.random.randint(k_pick, (L,), 0, neighbours_VK.shape[1])
+            pick = _per_position(jax.random.randint, k_pick, L, (), 0, neighbours_VK.shape[1])
             out = jnp.where(replaced, neighbours_VK[ids_L, pick], ids_L)
             out = jnp.where(masked & start, self.mask_id, out)
             keep = ~(masked & ~start)  # a masked word keeps one [MASK]
@@ -204,6 +206,14 @@ class TokenAugment:
             return jnp.where(unchanged, ids_L, out).astype(ids_L.dtype)
 
         return jax.vmap(one)(ids_BL, index_B)
+
+
+def _per_position(draw: Callable, key: jax.Array, length: int, *args) -> jax.Array:
+    """`length` draws, the one at position p from `fold_in(key, p)`: the first n of them do
+    not depend on `length`, so a batch cut to its longest sequence (`data.length_bucket`)
+    gets the same views as the full-width batch a teacher cache was written from."""
+    positions = jnp.arange(length)
+    return jax.vmap(lambda p: draw(jax.random.fold_in(key, p), *args))(positions)
 
 
 __all__ = ["TokenAugment", "word_neighbours"]

@@ -265,6 +265,11 @@ def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Class
             f"{role}.train.token_augment masks and replaces words; dataset '{info.name}' "
             f"holds images, so leave its mask, replace and ngram at 0"
         )
+    if info.input_kind != "tokens" and config.data.length_bucket:
+        raise ConfigError(
+            f"data.length_bucket cuts batches of token ids to their length; dataset "
+            f"'{info.name}' holds images, so leave it at 0"
+        )
     data_dir = data_lib.resolve_data_dir(config.data.data_dir)
     return Classification(
         translate=train.translate,

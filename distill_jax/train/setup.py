@@ -326,8 +326,11 @@ def _compile(config, role: str, seed: int, plan: dict[str, Any]) -> dict[str, An
         schedule=plan["schedule"],
     )
     # The training split stays on the device when it fits: only indices cross per step.
+    bucket = config.data.length_bucket  # cuts batches on the host: never resident
     resident = config.data.pipeline == "device" or (
-        config.data.pipeline == "auto" and data.train.images.nbytes <= RESIDENT_MAX_BYTES
+        config.data.pipeline == "auto"
+        and not bucket
+        and data.train.images.nbytes <= RESIDENT_MAX_BYTES
     )
     split = {"image": data.train.images, "label": data.train.labels} if resident else None
     arrays = source.arrays()
@@ -342,6 +345,7 @@ def _compile(config, role: str, seed: int, plan: dict[str, Any]) -> dict[str, An
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         indices_only=resident,
+        length_bucket=bucket,
     )
     workers = config.data.num_workers
     return dict(
