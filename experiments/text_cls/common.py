@@ -21,7 +21,7 @@ import copy
 
 VIEWS = 4
 """Transfer-set views per sentence in the teacher cache (the student sees view e % 4 at
-epoch e: in its 16 epochs, 4 passes over the transfer set, every view 4 times)."""
+epoch e)."""
 
 # Tang et al. (2019): p_mask = p_pos = 0.1, p_ng = 0.25, n <= 5. Our replacement draws from
 # the teacher's embedding neighbours, not from same-POS words (data/text_augment.py); a
@@ -59,20 +59,27 @@ STUDENTS = {
     # per direction, a 200-unit ReLU layer.
     "bilstm": {"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200},
 }
+EPOCHS = {"textcnn": 10, "bilstm": 6}
+"""Epochs per student, sized so the whole `mr` table fits 90 min on 2 CPU cores (a BiLSTM
+step costs ~3x a TextCNN step). Alone, both peak on validation by epoch 3-4; distilled on
+the transfer set, the TextCNN still gains until about epoch 10 (measured in a 16-epoch run:
+validation 80.2 % at epoch 10, 80.5 % at 16)."""
 STUDENT_TRAIN = {
     "optimizer": "adam",
     "learning_rate": 1e-3,
     "schedule": "cosine",
     "batch_size": 50,
-    "epochs": 16,
+    "epochs": EPOCHS["textcnn"],
     "grad_clip": 5.0,
 }
-# Distillation: soft targets only (alpha = 0, KL at T) is the default; run.py chooses
-# alpha x T on the validation split from the student's grid (vmapped students). The
-# BiLSTM (7x the TextCNN's step time on CPU) gets the smaller grid.
+# Distillation: soft targets only (alpha = 0: KL at T, the issue's calibration and our
+# 16-epoch grid's choice over alpha in {0, 0.5}); run.py chooses T on the validation split
+# from the student's grid (vmapped students). The BiLSTM gets the one cell alpha = 0, T = 2
+# that validation chose for the TextCNN in the 16-epoch run (T = 2 > 1 was the better
+# half of that grid: 80.8 / 80.4 vs 80.5 / 79.5 %).
 GRID = {
-    "textcnn": {"alpha": [0.0, 0.5], "temperature": [1.0, 2.0]},
-    "bilstm": {"alpha": [0.0], "temperature": [1.0, 2.0]},
+    "textcnn": {"alpha": [0.0], "temperature": [1.0, 2.0]},
+    "bilstm": {"alpha": [0.0], "temperature": [2.0]},
 }
 SETTINGS = ("alone", "alone_aug", "kd", "kd_aug", "kd_aug_unlabelled")
 
@@ -82,7 +89,9 @@ def base_config(dataset: str = "mr") -> dict:
     data = DATASETS[dataset]
     return {
         "seed": 0,
-        "data": {"name": data["name"], "eval_batch_size": 500},
+        # Batches of similar length cut to it (data.length_bucket): 1.4x faster steps on
+        # mr, whose sentences are 26 pieces long at the median, padded to 64.
+        "data": {"name": data["name"], "eval_batch_size": 500, "length_bucket": 16},
         "teacher": {
             "model": copy.deepcopy(TEACHER),
             "train": {
@@ -110,6 +119,7 @@ def config(setting: str, student: str = "textcnn", dataset: str = "mr") -> dict:
         raise ValueError(f"unknown setting {setting!r}; one of {', '.join(SETTINGS)}")
     cfg = base_config(dataset)
     cfg["student"]["model"] = copy.deepcopy(STUDENTS[student])
+    cfg["student"]["train"]["epochs"] = EPOCHS[student]
     if setting.endswith("aug") or setting.endswith("aug_unlabelled"):
         cfg["student"]["train"]["token_augment"] = dict(TOKEN_AUGMENT)
     if setting.endswith("unlabelled"):
