@@ -270,7 +270,7 @@ def token_train():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 41, 1000)
     ids = np.zeros((1000, 48), np.int32)
-    for row, n in zip(ids, lengths):
+    for row, n in zip(ids, lengths, strict=True):
         row[:n] = rng.integers(1, 500, n)
     ids[7, 5] = 0  # padding inside a sequence does not end it
     info = data.DatasetInfo("toy_text", 2, (48,), {"train": 1000}, input_kind="tokens")

@@ -79,6 +79,43 @@ def test_vmapped_student_equals_its_single_run(data_dir, tmp_path, teacher):
     assert many.test["accuracy_std"] > 0
 
 
+def test_vmapped_students_each_start_from_their_own_model(data_dir, tmp_path, teacher):
+    """A second stage of vmapped students (TinyBERT's two stages): student i starts from
+    student i of the first stage, exactly as a single run started from it."""
+    first_dir = str(tmp_path / "first")
+    loop.fit(_config(data_dir, **{"vmap.students": 2}), first_dir, role="student")
+    starts = tuple(loop.load_teacher(first_dir, member=i) for i in range(2))
+    assert starts[0].identity["sha256"] != starts[1].identity["sha256"]
+    spec = {"init_from": [t.identity for t in starts]}
+    cfg = _config(data_dir, **{"vmap.students": 2})
+    second = loop.fit(
+        cfg,
+        str(tmp_path / "second"),
+        role="student",
+        teacher=teacher,
+        variant=loop.Variant(spec=spec, init_from=starts),
+    )
+    single_cfg = _config(data_dir, **{"data.shuffle_seed": 0})
+    one = loop.fit(
+        single_cfg,
+        str(tmp_path / "one"),
+        role="student",
+        seed=1,
+        teacher=teacher,
+        variant=loop.Variant(spec={"init_from": starts[1].identity}, init_from=starts[1]),
+    )
+    for a, b in zip(_leaves(member(second.variables, 1)), _leaves(one.variables), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    # One model per student, no more and no fewer; refused before anything is written.
+    for wrong in (starts[:1], starts[0]):
+        bad = loop.Variant(spec={}, init_from=wrong)
+        with pytest.raises(ConfigError, match="2 vmapped students start from one model each"):
+            loop.fit(cfg, str(tmp_path / "bad"), role="student", teacher=teacher, variant=bad)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(CheckpointError, match="holds 2 vmapped students: choose one"):
+        loop.load_teacher(first_dir)
+
+
 # --------------------------------------------------------------------- device pipeline
 
 

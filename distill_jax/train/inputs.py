@@ -113,17 +113,21 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
 # ---------------------------------------------------------------------------- teachers
 
 
-def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher") -> Teacher:
+def load_teacher(
+    teacher_dir: str, which: str = "latest", what: str = "teacher", member: int | None = None
+) -> Teacher:
     """Restores a teacher, read-only, from the workdir of a `train` run.
 
     Args:
         teacher_dir: a workdir written by `distill-jax train` (config.json + checkpoints/).
         which: `latest` or `best` (by validation accuracy) checkpoint.
         what: how the directory is named in error messages.
+        member: of a run of vmapped students (`vmap.students`), which one (0-based).
 
     Raises:
-        CheckpointError: no such run, no checkpoint, or weights that do not fit the
-            architecture recorded in its config.
+        CheckpointError: no such run, no checkpoint, weights that do not fit the
+            architecture recorded in its config, or a vmapped run without `member` (or a
+            `member` it does not hold).
     """
     teacher_dir = os.path.abspath(teacher_dir)
     cfg_path = os.path.join(teacher_dir, CONFIG_FILE)
@@ -145,6 +149,8 @@ def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher")
             f"({what_is_wrong}); was it written by `distill-jax train`?"
         ) from None
     step, raw, metadata = _newest_intact(Checkpointer(ckpt_dir, read_only=True), which, what)
+    where = f"{what} directory {teacher_dir}"
+    raw = _one_member(raw, len(spec.get("students") or []), member, where)
     num_classes, image_shape = metadata["num_classes"], tuple(metadata["image_shape"])
     model = create_model(model_cfg, num_classes, dtype=spec.get("dtype", "float32"))
     variables = {"params": raw["params"]}
@@ -167,11 +173,28 @@ def load_teacher(teacher_dir: str, which: str = "latest", what: str = "teacher")
         "num_classes": num_classes,
         "image_shape": list(image_shape),
         "dataset": spec.get("data", {}).get("name"),
+        **({} if member is None else {"member": member}),
         # Its exact weights: a student resumed after its teacher was retrained in the
         # same directory is refused (workdir.prepare_workdir).
         "sha256": fingerprint(variables),
     }
     return Teacher(model=model, variables=jax.device_get(variables), identity=identity)
+
+
+def _one_member(raw: dict[str, Any], students: int, member: int | None, where: str) -> dict:
+    """The variables of student `member` of a checkpoint of `students` stacked ones (0: a
+    single model, which takes no `member`)."""
+    if member is None and students:
+        raise CheckpointError(
+            f"{where} holds {students} vmapped students: choose one (member 0..{students - 1})"
+        )
+    if member is None:
+        return raw
+    if not 0 <= member < students:
+        held = f"only students 0..{students - 1}" if students else "one model, not vmapped students"
+        raise CheckpointError(f"{where} holds {held}; member {member} does not exist")
+    pick = lambda tree: jax.tree.map(lambda x: x[member], tree)  # noqa: E731
+    return {**raw, **{k: pick(raw[k]) for k in ("params", "batch_stats") if raw.get(k)}}
 
 
 def _newest_intact(ckpt: Checkpointer, which: str, what: str) -> tuple[int, Any, dict]:

@@ -58,13 +58,15 @@ class Variant:
 
     Attributes:
         spec: what defines it, recorded in the run's config.json (compared on resume).
-        init_from: start from this trained model's variables (same architecture).
+        init_from: start from this trained model's variables (same architecture); for
+            vmapped students, a tuple: student i starts from its i-th model (e.g. each
+            seed of a first training stage, `load_teacher(run, member=i)`).
         transforms: optimizer transforms after the update (e.g. `compress.prune.pruning`).
         wrap_model: maps the model to the one trained and evaluated (e.g. `compress.qat`).
     """
 
     spec: dict[str, Any]
-    init_from: Teacher | None = None
+    init_from: Teacher | tuple[Teacher, ...] | None = None
     transforms: tuple[optax.GradientTransformation, ...] = ()
     wrap_model: Callable[[nn.Module], nn.Module] | None = None
 
@@ -266,8 +268,7 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
     if task.unlabelled:
         _check_label_free(config, role, objective, source)
     members = student_grid(config, role, seed, not isinstance(source, NoTeacher))
-    if members is not None and variant is not None:
-        raise ConfigError("pruning, quantization and init_from train one student, not vmap")
+    _check_variant(variant, members)
     if members is not None and not objective.is_default:
         if config.vmap.alpha or config.vmap.temperature:
             raise ConfigError(
@@ -275,7 +276,7 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
                 "distill.losses is set"
             )
     transforms = (scale_by_lr_scale(),) if members is not None else ()
-    if variant is not None:
+    if variant is not None and members is None:  # vmapped students: no transforms
         transforms = variant.transforms
     tx, schedule = make_optimizer(train_cfg, steps_per_epoch, transforms)
     return dict(
@@ -295,13 +296,33 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
     )
 
 
+def _check_variant(variant: Variant | None, members: list[dict] | None) -> None:
+    """Vmapped students start each from its own model; nothing else varies them."""
+    if variant is None:
+        return
+    starts = variant.init_from
+    per_member = isinstance(starts, tuple)
+    if members is None and per_member:
+        raise ConfigError(f"{len(starts)} models to start from, but one student is trained")
+    if members is None:
+        return
+    if variant.transforms or variant.wrap_model is not None:
+        raise ConfigError("pruning and quantization train one student, not vmap")
+    if not per_member or len(starts) != len(members):
+        given = len(starts) if per_member else 1
+        raise ConfigError(
+            f"{len(members)} vmapped students start from one model each; {given} given"
+        )
+
+
 def _initial_state(plan: dict[str, Any], seed: int, variant: Variant | None) -> TrainState:
     """The fresh state of the run's student(s)."""
     model, tx, info = plan["model"], plan["tx"], plan["data"].info
     if plan["members"] is not None:
         lr = plan["learning_rate"]
+        starts = None if variant is None else [t.variables for t in variant.init_from]
         return create_student_states(
-            model, tx, info.image_shape, plan["members"], lr, plan["init_methods"]
+            model, tx, info.image_shape, plan["members"], lr, plan["init_methods"], starts
         )
     start = None if variant is None or variant.init_from is None else variant.init_from.variables
     return create_train_state(
@@ -356,6 +377,11 @@ def _compile(config, role: str, seed: int, plan: dict[str, Any]) -> dict[str, An
     )
 
 
+def _first(starts: Teacher | tuple[Teacher, ...] | None) -> Teacher | None:
+    """The model (or the first of the per-student models) a run starts from."""
+    return starts[0] if isinstance(starts, tuple) else starts
+
+
 def _reads(config, teacher, compare_to, variant) -> dict[str, str | None]:
     """The directories a run reads, which its workdir must not be (or hold, or sit in)."""
     identity = lambda t: None if t is None else t.identity.get("workdir")  # noqa: E731
@@ -363,7 +389,7 @@ def _reads(config, teacher, compare_to, variant) -> dict[str, str | None]:
         "--teacher": identity(teacher),
         "the compared teacher": identity(compare_to),
         "--teacher_cache": config.distill.cache or None,
-        "the starting model": identity(None if variant is None else variant.init_from),
+        "the starting model": identity(None if variant is None else _first(variant.init_from)),
     }
 
 

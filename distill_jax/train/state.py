@@ -155,6 +155,7 @@ def create_student_states(
     students: list[dict[str, Any]],
     base_learning_rate: float,
     init_methods: InitMethods | None = None,
+    init_variables: list[Any] | None = None,
 ) -> TrainState:
     """N stacked TrainStates for one vmapped (or mapped) train step.
 
@@ -165,10 +166,12 @@ def create_student_states(
 
     Args:
         students: dicts with `seed`, `alpha`, `temperature` and `learning_rate`.
+        init_variables: None, or each student's variables to start from.
     """
     states = []
-    for m in students:
-        one = create_train_state(model, tx, input_shape, m["seed"], init_methods)
+    for i, m in enumerate(students):
+        start = None if init_variables is None else init_variables[i]
+        one = create_train_state(model, tx, input_shape, m["seed"], init_methods, start)
         f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
         lr_scale = f32(m["learning_rate"] / base_learning_rate)
         states.append(
