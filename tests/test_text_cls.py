@@ -160,10 +160,10 @@ def test_settings_are_the_documented_ones():
         assert cfg.data.name == "mr"
 
 
-def _driver_overrides(data_dir, replace: bool) -> list[str]:
+def _driver_overrides(data_dir, replace: bool, **more) -> list[str]:
     # Word replacement builds a 30,522-word neighbour table (about 12 s, once per data
     # dir); the default test leaves it to tests/test_text_augment.py and the slow test.
-    extra = {"student.train.epochs": 2}
+    extra = {"student.train.epochs": 2, **more}
     if not replace:
         extra["student.train.token_augment.replace"] = 0.0
     return [o for o in tiny(data_dir, **extra) if not o.startswith("student.model")]
@@ -172,24 +172,27 @@ def _driver_overrides(data_dir, replace: bool) -> list[str]:
 TINY_STUDENTS = {
     "textcnn": {"name": "textcnn", "embedding_dim": 8, "num_filters": 4},
     "bilstm": {"name": "bilstm", "embedding_dim": 8, "hidden_size": 4, "dense": 8},
+    "bert": {**BERT, "hidden_size": 8},
 }
 
 
 GRID = {"alpha": [0.0, 0.5], "temperature": [1.0, 2.0]}
 
 
-def _run_driver(data_dir, workdir, monkeypatch, students, settings, seeds, replace=False):
+def _run_driver(data_dir, workdir, monkeypatch, students, settings, seeds, replace=False, **more):
     run = import_file(os.path.join(EXPERIMENT, "run.py"))
     monkeypatch.setattr(run.common, "STUDENTS", TINY_STUDENTS)
-    # A 2 x 2 grid, so that the choice on validation has something to choose.
-    monkeypatch.setattr(run.common, "GRID", {s: GRID for s in TINY_STUDENTS})
+    # A 2 x 2 grid, so that the choice on validation has something to choose (TinyBERT's
+    # second stage keeps one cell: one student per first-stage seed).
+    grid = {s: GRID for s in TINY_STUDENTS}
+    monkeypatch.setattr(run.common, "GRID", {**grid, "bert": run.common.GRID["bert"]})
     return run, run.run(
         "mr",
         str(workdir),
         students=students,
         settings=settings,
         seeds=seeds,
-        overrides=_driver_overrides(data_dir, replace),
+        overrides=_driver_overrides(data_dir, replace, **more),
         say=lambda *a: None,
     )
 
@@ -215,7 +218,33 @@ def test_text_cls_driver_tiny(data_dir, tmp_path, monkeypatch):
         data_dir, tmp_path / "run", monkeypatch, ("textcnn",), ("alone", "kd_aug"), 2
     )
     assert again["runs"]["textcnn"]["kd_aug"]["accuracy"] == kd["accuracy"]
-    assert again["seconds"]["cache_kd_aug"] == 0.0
+    assert again["seconds"]["cache_kd_aug"] == results["seconds"]["cache_kd_aug"] > 0
+
+
+def test_text_cls_driver_tinybert_two_stages_tiny(data_dir, tmp_path, monkeypatch):
+    """The BERT student's rows, added to an earlier command's table: TinyBERT's first stage
+    (hidden states and attention of a 6-layer teacher, online) and its second (KD from the
+    transfer-set cache), each second-stage student starting from its seed's first-stage
+    model."""
+    from distill_jax.train.loop import load_teacher, read_metrics
+
+    workdir = tmp_path / "run"
+    six = {"teacher.model": {**BERT, "num_layers": 6}}
+    _run_driver(data_dir, workdir, monkeypatch, ("textcnn",), ("alone",), 2, **six)
+    _, results = _run_driver(
+        data_dir, workdir, monkeypatch, ("bert",), ("alone", "tinybert_stage2"), 2, **six
+    )
+    assert set(results["runs"]) == {"textcnn", "bert"}  # the earlier rows are kept
+    assert set(results["runs"]["bert"]) == {"alone", "tinybert_stage2"}
+    stage1, stage2 = workdir / "bert" / "tinybert_stage1", workdir / "bert" / "tinybert_stage2"
+    first = [r for r in read_metrics(str(stage1)) if r["split"] == "train"][0]
+    assert "hidden_mse" in first and "attention_kl" in first and "kd" not in first
+    spec = json.loads((stage2 / "config.json").read_text())
+    starts = [load_teacher(str(stage1), member=i).identity["sha256"] for i in range(2)]
+    assert [s["sha256"] for s in spec["compress"]["init_from"]] == starts
+    assert spec["teacher_cache"]["views"] == 4
+    table = (workdir / "results.md").read_text()
+    assert "| BERT-2 (width 192) | TinyBERT, two stages" in table and "| TextCNN | alone" in table
 
 
 @pytest.mark.slow

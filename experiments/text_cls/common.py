@@ -18,6 +18,11 @@ builds the whole table from it.
 """
 
 import copy
+import os
+
+from distill_jax.config import import_file
+
+text_kd = import_file(os.path.join(os.path.dirname(__file__), "..", "text_kd", "common.py"))
 
 VIEWS = 4
 """Transfer-set views per sentence in the teacher cache (the student sees view e % 4 at
@@ -58,8 +63,11 @@ STUDENTS = {
     # Tang et al. (2019), BiLSTM_SOFT for single sentences: 300-d embeddings, 150 LSTM units
     # per direction, a 200-unit ReLU layer.
     "bilstm": {"name": "bilstm", "embedding_dim": 300, "hidden_size": 150, "dense": 200},
+    # The 2-layer BERT of experiments/text_kd (width 192, 12 heads, MLP 768), its blocks
+    # initialised from the pretrained teacher's layers 1 and 4 (DistilBERT-style).
+    "bert": {**text_kd.STUDENT, "max_position": 64},
 }
-EPOCHS = {"textcnn": 10, "bilstm": 6}
+EPOCHS = {"textcnn": 10, "bilstm": 6, "bert": 4}
 """Epochs per student, sized so the whole `mr` table fits 90 min on 2 CPU cores (a BiLSTM
 step costs ~3x a TextCNN step). Alone, both peak on validation by epoch 3-4; distilled on
 the transfer set, the TextCNN still gains until about epoch 10 (measured in a 16-epoch run:
@@ -80,8 +88,31 @@ STUDENT_TRAIN = {
 GRID = {
     "textcnn": {"alpha": [0.0], "temperature": [1.0, 2.0]},
     "bilstm": {"alpha": [0.0], "temperature": [2.0]},
+    "bert": {"alpha": [0.0], "temperature": [1.0]},  # TinyBERT's prediction layer: T = 1
+}
+# The BERT student trains as in experiments/text_kd (AdamW, warm-up, batch 32).
+BERT_TRAIN = {
+    "optimizer": "adamw",
+    "learning_rate": 5e-4,
+    "weight_decay": 0.01,
+    "schedule": "cosine",
+    "warmup_epochs": 0.5,
+    "batch_size": 32,
+    "grad_clip": 1.0,
 }
 SETTINGS = ("alone", "alone_aug", "kd", "kd_aug", "kd_aug_unlabelled")
+TINYBERT = ("tinybert", "tinybert_stage1", "tinybert_stage2")
+"""TinyBERT (Jiao et al. 2020) on the transfer set, for the BERT student only, the teacher
+online (its hidden states and attention are not cached): `tinybert` is one stage (KD +
+hidden + attention at once, the variant that hurt in experiments/text_kd); the two stages
+are `tinybert_stage1` (hidden + attention only) and then `tinybert_stage2` (KD from the
+`kd_aug` cache, each student starting from its seed's stage-1 model)."""
+SETTINGS_OF = {
+    "textcnn": SETTINGS,
+    "bilstm": SETTINGS,
+    "bert": ("alone", "kd", "kd_aug", "tinybert", "tinybert_stage2"),
+}
+"""The table's rows per student (`tinybert_stage2` runs its stage 1 first)."""
 
 
 def base_config(dataset: str = "mr") -> dict:
@@ -114,14 +145,25 @@ def base_config(dataset: str = "mr") -> dict:
 
 
 def config(setting: str, student: str = "textcnn", dataset: str = "mr") -> dict:
-    """The config of one setting (`SETTINGS`) for one student on one dataset."""
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; one of {', '.join(SETTINGS)}")
+    """The config of one setting (`SETTINGS`, or `TINYBERT` for the BERT) for one student
+    on one dataset."""
+    if setting not in SETTINGS + TINYBERT:
+        raise ValueError(f"unknown setting {setting!r}; one of {', '.join(SETTINGS + TINYBERT)}")
+    if setting in TINYBERT and student != "bert":
+        raise ValueError(f"{setting} distils hidden states and attention: BERT students only")
     cfg = base_config(dataset)
     cfg["student"]["model"] = copy.deepcopy(STUDENTS[student])
+    if student == "bert":
+        cfg["student"]["train"] = dict(BERT_TRAIN)
     cfg["student"]["train"]["epochs"] = EPOCHS[student]
-    if setting.endswith("aug") or setting.endswith("aug_unlabelled"):
+    if "aug" in setting or setting in TINYBERT:
         cfg["student"]["train"]["token_augment"] = dict(TOKEN_AUGMENT)
+    terms = text_kd.hidden_and_attention(STUDENTS["bert"]["num_layers"])
+    if setting == "tinybert":
+        kd = {"weight": 1.0, "temperature": 1.0}
+        cfg["distill"] = {"alpha": 0.0, "temperature": 1.0, "losses": {"kd": kd, **terms}}
+    if setting == "tinybert_stage1":
+        cfg["distill"] = {"alpha": 0.0, "temperature": 1.0, "losses": terms}
     if setting.endswith("unlabelled"):
         cfg["data"]["unlabelled"] = list(DATASETS[dataset]["unlabelled"])
         cfg["data"]["unlabelled_split"] = DATASETS[dataset].get("unlabelled_split", "train")

@@ -1,16 +1,21 @@
 """Runs the text-classification experiment on one dataset and writes its measured table.
 
-Command (resumable: finished runs and caches are reused):
+Commands (resumable: finished runs and caches are reused; the second adds its rows to the
+first's table):
 
     python experiments/text_cls/run.py --dataset mr --workdir runs/text_cls/mr
+    python experiments/text_cls/run.py --dataset mr --workdir runs/text_cls/mr --students bert
 
 1. fine-tunes the teacher (`teacher.py`), or loads `--teacher DIR`;
 2. caches the teacher's logits once per transfer set (`distill-jax cache-teacher`): the
    labelled sentences (`kd`), `common.VIEWS` views of each (`kd_aug`), and views of the
    labelled plus the unlabelled text (`kd_aug_unlabelled`);
-3. trains every student in every setting (`common.SETTINGS`) as `--seeds` vmapped
-   students; a distilled setting trains each seed at every alpha x T of `common.GRID` in
+3. trains every student (TextCNN and BiLSTM by default; `--students bert` for the 2-layer
+   BERT and TinyBERT) in each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped
+   students; a cached-KD setting trains each seed at every alpha x T of `common.GRID` in
    the same run, and the cell with the best mean *validation* accuracy is reported;
+   TinyBERT's two stages are two runs, each stage-2 student starting from its seed's
+   stage-1 model;
 4. writes `results.json`, `results.md` (test accuracy mean +- std over the seeds, the
    gain over the same student alone, agreement with the teacher, parameters, CPU latency)
    and `results.png` into the workdir.
@@ -32,22 +37,31 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax.config import import_file
 from distill_jax.report import atomic_write, atomic_write_with
-from distill_jax.train.loop import fit, load_data, load_teacher, make_task
+from distill_jax.train.loop import Variant, fit, load_data, load_teacher, make_task
 from distill_jax.train.teacher_cache import META_FILE, write_cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 common = import_file(os.path.join(HERE, "common.py"))
 
-CACHES = {"kd": "kd", "kd_aug": "kd_aug", "kd_aug_unlabelled": "kd_aug_unlabelled"}
+CACHES = {
+    "kd": "kd",
+    "kd_aug": "kd_aug",
+    "kd_aug_unlabelled": "kd_aug_unlabelled",
+    "tinybert_stage2": "kd_aug",
+}
 """Setting -> the teacher cache (transfer set) it distils from."""
+ONLINE = ("tinybert", "tinybert_stage1")
+"""Settings distilled from the online teacher (hidden states and attention)."""
 LABELS = {
     "alone": "alone",
     "alone_aug": "alone + augmentation (hard labels)",
     "kd": "KD, labelled sentences",
     "kd_aug": f"KD + augmentation ({common.VIEWS} views)",
     "kd_aug_unlabelled": "KD + augmentation + unlabelled text",
+    "tinybert": "TinyBERT, one stage (KD + hidden + attention; augmentation)",
+    "tinybert_stage2": "TinyBERT, two stages (hidden + attention, then KD; augmentation)",
 }
-STUDENT_NAMES = {"textcnn": "TextCNN", "bilstm": "BiLSTM"}
+STUDENT_NAMES = {"textcnn": "TextCNN", "bilstm": "BiLSTM", "bert": "BERT-2 (width 192)"}
 PUBLISHED = {
     "mr": [
         ("Kim (2014) CNN-rand, 10-fold CV on the 10,662 sentences", 76.1),
@@ -123,12 +137,43 @@ def ensure_cache(kind: str, config, teacher, workdir: str, say) -> tuple[str, fl
     return out, seconds
 
 
+def _earlier(path: str, dataset: str, seeds: int) -> dict[str, Any]:
+    """The results an earlier command wrote into this workdir (other students' rows are
+    kept: one table per dataset), or an empty table."""
+    empty = {"dataset": dataset, "seeds": seeds, "runs": {}, "seconds": {}}
+    if not os.path.isfile(path):
+        return empty
+    with open(path) as f:
+        earlier = json.load(f)
+    if (earlier.get("dataset"), earlier.get("seeds")) != (dataset, seeds):
+        raise SystemExit(
+            f"{path} holds {earlier.get('dataset')} with {earlier.get('seeds')} seeds, not "
+            f"{dataset} with {seeds}: use another --workdir"
+        )
+    return earlier
+
+
+def _rows(student: str, settings) -> list[str]:
+    """The requested settings that are rows of this student's table."""
+    return [s for s in settings if s in common.SETTINGS_OF[student]]
+
+
+def _stage1(dataset: str, workdir: str, teacher, overrides, seeds: int) -> Variant:
+    """Trains (or reuses) TinyBERT's first stage and returns the second stage's start:
+    each seed's stage-1 student."""
+    cfg = make_config("tinybert_stage1", "bert", dataset, overrides, seeds)
+    stage1 = os.path.join(workdir, "bert", "tinybert_stage1")
+    fit(cfg, stage1, role="student", teacher=teacher, desc="bert tinybert_stage1")
+    starts = tuple(load_teacher(stage1, what="TinyBERT stage 1", member=i) for i in range(seeds))
+    return Variant(spec={"init_from": [t.identity for t in starts]}, init_from=starts)
+
+
 def run(
     dataset: str,
     workdir: str,
     *,
-    students=tuple(common.STUDENTS),
-    settings=common.SETTINGS,
+    students=("textcnn", "bilstm"),
+    settings=tuple(LABELS),
     seeds: int = 3,
     overrides=(),
     teacher_dir: str | None = None,
@@ -137,7 +182,8 @@ def run(
     """Trains everything and returns (and writes) the results."""
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
-    results: dict[str, Any] = {"dataset": dataset, "seeds": seeds, "runs": {}, "seconds": {}}
+    results = _earlier(os.path.join(workdir, "results.json"), dataset, seeds)
+    timed = results["seconds"]  # a step done by an earlier command keeps its time
     teacher_cfg = make_config("teacher", "", dataset, overrides)
     if teacher_dir is None:
         teacher_dir = os.path.join(workdir, "teacher")
@@ -147,30 +193,35 @@ def run(
         results["teacher"].update(
             {k: fitted.test[k] for k in ("latency_ms_batch1", "latency_ms_per_example")}
         )
-        results["seconds"]["teacher"] = time.time() - t0
+        timed["teacher"] = max(timed.get("teacher", 0.0), time.time() - t0)
         say(f"teacher: test accuracy {fitted.test['accuracy']:.4f}")
     teacher = load_teacher(teacher_dir, teacher_cfg.teacher.checkpoint)
     caches = {}
-    for setting in settings:
-        if setting in CACHES and CACHES[setting] not in caches:
-            kind = CACHES[setting]
-            cfg = make_config(setting, students[0], dataset, overrides, seeds)
-            caches[kind], seconds = ensure_cache(kind, cfg, teacher, workdir, say)
-            results["seconds"][f"cache_{kind}"] = seconds
     for student in students:
-        for setting in settings:
+        for setting in _rows(student, settings):
+            if setting in CACHES and CACHES[setting] not in caches:
+                kind = CACHES[setting]
+                cfg = make_config(setting, student, dataset, overrides, seeds)
+                caches[kind], seconds = ensure_cache(kind, cfg, teacher, workdir, say)
+                timed[f"cache_{kind}"] = max(timed.get(f"cache_{kind}", 0.0), seconds)
+    for student in students:
+        for setting in _rows(student, settings):
             extra = list(overrides)
-            distilled = setting in CACHES
-            if distilled:
+            distilled = setting in CACHES or setting in ONLINE
+            if setting in CACHES:
                 extra.append(f"distill.cache={caches[CACHES[setting]]!r}")
             cfg = make_config(setting, student, dataset, extra, seeds)
             t0 = time.time()
+            variant = None
+            if setting == "tinybert_stage2":
+                variant = _stage1(dataset, workdir, teacher, overrides, seeds)
             result = fit(
                 cfg,
                 os.path.join(workdir, student, setting),
                 role="student",
                 teacher=teacher if distilled else None,
                 compare_to=teacher,
+                variant=variant,
                 desc=f"{student} {setting}",
             )
             val = result.history[-1]["accuracy_students"]
@@ -181,11 +232,12 @@ def run(
             if not distilled:
                 entry["alpha"] = entry["temperature"] = None
                 entry.pop("grid_val_accuracy")
-            entry["seconds"] = time.time() - t0
+            before = results["runs"].get(student, {}).get(setting, {}).get("seconds", 0.0)
+            entry["seconds"] = max(before, time.time() - t0)  # a resumed run keeps its time
             results["runs"].setdefault(student, {})[setting] = entry
             acc, std = _mean_std([100 * a for a in entry["accuracy"]])
             say(f"{student} {setting}: test accuracy {acc:.2f} ± {std:.2f}")
-    results["seconds"]["total"] = time.time() - start
+    timed[f"total ({', '.join(students)})"] = time.time() - start
     atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     table = markdown(results)
     atomic_write(os.path.join(workdir, "results.md"), table)
@@ -244,8 +296,9 @@ def markdown(results: dict[str, Any]) -> str:
             "(the larger of the two settings' std over seeds).",
         ]
     seconds = results["seconds"]
-    parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if k != "total")
-    lines += ["", f"Wall time: {seconds['total'] / 60:.1f} min ({parts} min)."]
+    totals = "; ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if k.startswith("total"))
+    parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if not k.startswith("total"))
+    lines += ["", f"Wall time (min), one command per students: {totals}; of which {parts}."]
     for student, runs in results["runs"].items():
         lines.append(
             f"{STUDENT_NAMES.get(student, student)} runs: "
@@ -263,7 +316,8 @@ def plot(results: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     students = list(results["runs"])
-    settings = [s for s in common.SETTINGS if any(s in results["runs"][m] for m in students)]
+    rows = list(common.SETTINGS) + [s for s in LABELS if s not in common.SETTINGS]
+    settings = [s for s in rows if any(s in results["runs"][m] for m in students)]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(students), 1)
     for j, student in enumerate(students):
@@ -301,9 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
-        "--students", default=",".join(common.STUDENTS), help="comma-separated: textcnn,bilstm"
+        "--students",
+        default="textcnn,bilstm",
+        help="comma-separated: textcnn, bilstm, bert (BERT-2 and TinyBERT: a second command)",
     )
-    parser.add_argument("--settings", default=",".join(common.SETTINGS))
+    parser.add_argument(
+        "--settings", default=",".join(LABELS), help="comma-separated rows (of each student's)"
+    )
     parser.add_argument("--teacher", help="use this finished teacher run instead of training one")
     parser.add_argument("--data_dir")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value (all runs)")
