@@ -185,7 +185,7 @@ def write_cache(
                         record["indices"] = indices[r]
                     writer.write(serialization.msgpack_serialize(record))
 
-        if split.info.input_kind == "tokens":
+        if split.info.input_kind == "tokens" and isinstance(split, data_lib.ArraySplit):
             # Batches of similar length, cut to it (a view never lengthens its sequence and
             # does not depend on the width): about half the padded cost for sentences.
             held = {}

