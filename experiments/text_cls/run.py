@@ -12,8 +12,8 @@ first's table):
    labelled sentences (`kd`), `common.VIEWS` views of each (`kd_aug`), and views of the
    labelled plus the unlabelled text (`kd_aug_unlabelled`);
 3. trains every student (TextCNN and BiLSTM by default; `bert` for the 2-layer BERT and
-   TinyBERT, `textcnn_init` for the TextCNN started from the teacher's embeddings) in each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped
-   students; a cached-KD setting trains each seed at every alpha x T of `common.GRID` in
+   TinyBERT, `textcnn_init` for the TextCNN started from the teacher's embeddings) in
+   each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped students; a cached-KD setting trains each seed at every alpha x T of `common.GRID` in
    the same run, and the cell with the best mean *validation* accuracy is reported;
    TinyBERT's two stages are two runs, each stage-2 student starting from its seed's
    stage-1 model;
@@ -76,7 +76,10 @@ PUBLISHED = {
     "trec6": [("Kim (2014) CNN-non-static, official 500-question test set", 93.6)],
     "bbc_news": [],
 }
-MAP_STUDENTS = ("textcnn", "textcnn_init")  # convolutions: one student after another is faster on CPU
+MAP_STUDENTS = (
+    "textcnn",
+    "textcnn_init",
+)  # convolutions: one student after another is faster on CPU
 
 
 def make_config(setting: str, student: str, dataset: str, overrides=(), seeds: int = 3):
