@@ -13,8 +13,9 @@ first's table):
    labelled plus the unlabelled text (`kd_aug_unlabelled`);
 3. trains every student (TextCNN and BiLSTM by default; `bert` for the 2-layer BERT and
    TinyBERT, `textcnn_init` for the TextCNN started from the teacher's embeddings) in
-   each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped students; a cached-KD setting trains each seed at every alpha x T of `common.GRID` in
-   the same run, and the cell with the best mean *validation* accuracy is reported;
+   each of its settings (`common.SETTINGS_OF`) as `--seeds` vmapped students; a
+   cached-KD setting trains each seed at every alpha x T of `common.GRID` in the same
+   run, and the cell with the best mean *validation* accuracy is reported;
    TinyBERT's two stages are two runs, each stage-2 student starting from its seed's
    stage-1 model;
 4. writes `results.json`, `results.md` (test accuracy mean +- std over the seeds, the
