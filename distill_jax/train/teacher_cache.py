@@ -188,14 +188,19 @@ def write_cache(
         if split.info.input_kind == "tokens" and isinstance(split, data_lib.ArraySplit):
             # Batches of similar length, cut to it (a view never lengthens its sequence and
             # does not depend on the width): about half the padded cost for sentences.
-            held = {}
+            held = None  # each view's (values, indices) of every example, in order
             for batch in data_lib.length_sorted_batches(split, batch_size):
-                per_view = forward(batch)
-                for r in np.flatnonzero(batch["mask"]):
-                    held[int(batch["index"][r])] = [(val[r], idx[r]) for val, idx in per_view]
-                bar.update(int(batch["mask"].sum()) * views)
-            for i in range(len(split)):
-                write([i], [(val[None], idx[None]) for val, idx in held.pop(i)])
+                per_view, mask = forward(batch), batch["mask"]
+                if held is None:
+                    held = [
+                        tuple(np.zeros((len(split), *a.shape[1:]), a.dtype) for a in out)
+                        for out in per_view
+                    ]
+                for whole, out in zip(held, per_view, strict=True):
+                    for all_rows, rows in zip(whole, out, strict=True):
+                        all_rows[batch["index"][mask]] = rows[mask]
+                bar.update(int(mask.sum()) * views)
+            write(range(len(split)), held)
         else:
             for batch in data_lib.eval_batches(split, batch_size):
                 rows = int(batch["mask"].sum())
