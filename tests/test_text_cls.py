@@ -255,3 +255,23 @@ def test_text_cls_driver_every_setting_tiny(data_dir, tmp_path, monkeypatch):
     )
     for student in ("textcnn", "bilstm"):
         assert set(results["runs"][student]) == set(common.SETTINGS)
+
+
+def test_text_cls_driver_misuse_is_one_line_and_exit_2(tmp_path, capsys):
+    run = import_file(os.path.join(EXPERIMENT, "run.py"))
+    workdir = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as e:
+        run.main(["--workdir", workdir, "--students", "cnn"])
+    assert e.value.code == 2 and "unknown student 'cnn'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run.main(["--workdir", workdir, "--settings", "kd_augg"])
+    assert e.value.code == 2 and "unknown setting 'kd_augg'" in capsys.readouterr().err
+    # A table of another dataset or seed count in the workdir is neither extended nor lost.
+    os.makedirs(workdir)
+    earlier = json.dumps({"dataset": "mr", "seeds": 3, "runs": {}, "seconds": {}})
+    (tmp_path / "run" / "results.json").write_text(earlier)
+    assert run.main(["--workdir", workdir, "--seeds", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds mr with 3 seeds, not mr with 2" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "run" / "results.json").read_text() == earlier
+    assert os.listdir(workdir) == ["results.json"]
