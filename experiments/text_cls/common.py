@@ -88,13 +88,14 @@ STUDENT_TRAIN = {
     "grad_clip": 5.0,
 }
 # Distillation: soft targets only (alpha = 0: KL at T, the calibration and our
-# 16-epoch grid's choice over alpha in {0, 0.5}); run.py chooses T on the validation split
-# from the student's grid (vmapped students). The BiLSTM gets the one cell alpha = 0, T = 2
-# that validation chose for the TextCNN in the 16-epoch run (T = 2 > 1 was the better
-# half of that grid: 80.8 / 80.4 vs 80.5 / 79.5 %).
+# 16-epoch grid's choice over alpha in {0, 0.5}). Each student gets one cell, chosen on the
+# validation split: T = 2 beat T = 1 in the 16-epoch TextCNN grid (80.8 / 80.4 vs 80.5 /
+# 79.5 %) and again in all three TextCNN grids of the first full mr run (by 0.1-0.7 points
+# of mean validation accuracy; runs/text_cls/mr_v2), so T = 1 was dropped to fit the
+# table into 90 min. run.py still chooses among the cells of a longer grid on validation.
 GRID = {
-    "textcnn": {"alpha": [0.0], "temperature": [1.0, 2.0]},
-    "textcnn_init": {"alpha": [0.0], "temperature": [1.0, 2.0]},
+    "textcnn": {"alpha": [0.0], "temperature": [2.0]},
+    "textcnn_init": {"alpha": [0.0], "temperature": [2.0]},
     "bilstm": {"alpha": [0.0], "temperature": [2.0]},
     "bert": {"alpha": [0.0], "temperature": [1.0]},  # TinyBERT's prediction layer: T = 1
 }
