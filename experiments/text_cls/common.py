@@ -91,8 +91,8 @@ STUDENT_TRAIN = {
 # 16-epoch grid's choice over alpha in {0, 0.5}). Each student gets one cell, chosen on the
 # validation split: T = 2 beat T = 1 in the 16-epoch TextCNN grid (80.8 / 80.4 vs 80.5 /
 # 79.5 %) and again in all three TextCNN grids of the first full mr run (by 0.1-0.7 points
-# of mean validation accuracy; runs/text_cls/mr_v2), so T = 1 was dropped to fit the
-# table into 90 min. run.py still chooses among the cells of a longer grid on validation.
+# of mean validation accuracy; the 102.8-min run in README.md), so T = 1 was dropped to
+# fit the table into 90 min. run.py still chooses among the cells of a longer grid on validation.
 GRID = {
     "textcnn": {"alpha": [0.0], "temperature": [2.0]},
     "textcnn_init": {"alpha": [0.0], "temperature": [2.0]},
