@@ -213,39 +213,45 @@ def run(
                 cfg = make_config(setting, student, dataset, overrides, seeds)
                 caches[kind], seconds = ensure_cache(kind, cfg, teacher, workdir, say)
                 timed[f"cache_{kind}"] = max(timed.get(f"cache_{kind}", 0.0), seconds)
-    for student in students:
-        for setting in _rows(student, settings):
-            extra = list(overrides)
-            distilled = setting in CACHES or setting in ONLINE
-            if setting in CACHES:
-                extra.append(f"distill.cache={caches[CACHES[setting]]!r}")
-            cfg = make_config(setting, student, dataset, extra, seeds)
-            t0 = time.time()
-            variant = None
-            if setting == "tinybert_stage2":
-                variant = _stage1(dataset, workdir, teacher, overrides, seeds)
-            result = fit(
-                cfg,
-                os.path.join(workdir, student, setting),
-                role="student",
-                teacher=teacher if distilled else None,
-                compare_to=teacher,
-                variant=variant,
-                desc=f"{student} {setting}",
-            )
-            val = result.history[-1]["accuracy_students"]
-            students_out = result.students
-            if not distilled:
-                students_out = [{**s, "alpha": 1.0, "temperature": 0.0} for s in students_out]
-            entry = select(students_out, val)
-            if not distilled:
-                entry["alpha"] = entry["temperature"] = None
-                entry.pop("grid_val_accuracy")
-            before = results["runs"].get(student, {}).get(setting, {}).get("seconds", 0.0)
-            entry["seconds"] = max(before, time.time() - t0)  # a resumed run keeps its time
-            results["runs"].setdefault(student, {})[setting] = entry
-            acc, std = _mean_std([100 * a for a in entry["accuracy"]])
-            say(f"{student} {setting}: test accuracy {acc:.2f} ± {std:.2f}")
+    rows = [(student, setting) for student in students for setting in _rows(student, settings)]
+    for i, (student, setting) in enumerate(rows, start=1):
+        extra = list(overrides)
+        distilled = setting in CACHES or setting in ONLINE
+        if setting in CACHES:
+            extra.append(f"distill.cache={caches[CACHES[setting]]!r}")
+        cfg = make_config(setting, student, dataset, extra, seeds)
+        t0 = time.time()
+        variant = None
+        if setting == "tinybert_stage2":
+            variant = _stage1(dataset, workdir, teacher, overrides, seeds)
+        result = fit(
+            cfg,
+            os.path.join(workdir, student, setting),
+            role="student",
+            teacher=teacher if distilled else None,
+            compare_to=teacher,
+            variant=variant,
+            desc=f"{student} {setting}",
+        )
+        val = result.history[-1]["accuracy_students"]
+        students_out = result.students
+        if not distilled:
+            students_out = [{**s, "alpha": 1.0, "temperature": 0.0} for s in students_out]
+        entry = select(students_out, val)
+        if not distilled:
+            entry["alpha"] = entry["temperature"] = None
+            entry.pop("grid_val_accuracy")
+        before = results["runs"].get(student, {}).get(setting, {}).get("seconds", 0.0)
+        entry["seconds"] = max(before, time.time() - t0)  # a resumed run keeps its time
+        results["runs"].setdefault(student, {})[setting] = entry
+        acc, std = _mean_std([100 * a for a in entry["accuracy"]])
+        say(
+            f"[{i}/{len(rows)}] {student} {setting}: test accuracy {acc:.2f} ± {std:.2f} "
+            f"({entry['seconds'] / 60:.1f} min)"
+        )
+        # Written after every row: a command stopped half-way keeps the rows it
+        # finished, with their times, when the same command resumes.
+        atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     timed[f"total ({', '.join(students)})"] = time.time() - start
     atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     table = markdown(results)
