@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -116,6 +117,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="also report agreement and KL against this teacher")
     p.add_argument("--split", default="test", choices=("test", "validation", "train"))
     p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+
+    p = sub.add_parser(
+        "export",
+        help="write a finished run's model as safetensors + model card + StableHLO + predict.py",
+    )
+    common(p, config_required=False)
+    p.add_argument("--out", required=True, help="directory to write (must not exist)")
+    p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    p.add_argument("--member", type=int, help="which student of a vmapped run (0-based)")
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8 kernels + scales (default: for a QAT run of `compress`)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no_eval", action="store_true", help="skip the model card's test metrics")
     return parser
 
 
@@ -201,9 +219,25 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
     # Heavy imports after argument parsing, so `--help` and usage errors are instant.
     from distill_jax.train import loop
 
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "export"):
         if overrides:
-            raise ConfigError("evaluate takes no --config overrides; it uses the run's config")
+            raise ConfigError(
+                f"{args.command} takes no --config overrides; it uses the run's config"
+            )
+        if args.command == "export":
+            from distill_jax.export import export
+
+            export(
+                args.workdir,
+                args.out,
+                which=args.checkpoint,
+                member=args.member,
+                int8=args.int8,
+                overwrite=args.overwrite,
+                evaluate=not args.no_eval,
+                data_dir=args.data_dir,
+            )
+            return 0
         return _evaluate(args)
     config = _load(args, overrides)
     if args.command == "run":
@@ -290,6 +324,7 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
         raise ConfigError(f"--split {args.split!r} is not one of {', '.join(splits)}")
     split = splits[args.split]
     loop.check_teacher(teacher, split.info)
+    started = time.time()
     meta = write_cache(
         teacher,
         split,
@@ -306,39 +341,28 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
     kept = f"top-{meta['top_k']}" if meta["top_k"] else "all"
     print(
         f"cached {kept} logits of {d['num_examples']} examples x {meta['views']} view(s) of "
-        f"{d['name']}:{d['split']} in {args.workdir}"
+        f"{d['name']}:{d['split']} in {args.workdir} ({time.time() - started:.0f} s)"
     )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from distill_jax import config as config_lib
-    from distill_jax import data as data_lib
     from distill_jax.evaluation import Evaluator, model_summary
     from distill_jax.train import loop
+    from distill_jax.train.inputs import load_run_split
 
     run = loop.load_teacher(args.workdir, args.checkpoint, what="run")  # any run loads alike
-    with open(os.path.join(args.workdir, loop.CONFIG_FILE)) as f:
+    config_path = os.path.join(args.workdir, loop.CONFIG_FILE)
+    with open(config_path) as f:
         spec = json.load(f)
-    name = (spec.get("data") or {}).get("name", "")
-    data_lib.check_known_dataset(name, os.path.join(args.workdir, loop.CONFIG_FILE))
-    # The run's recorded data dir is used only to read a dataset already prepared there;
-    # anything that must be prepared goes where the user says (--data_dir, else the
-    # default), never where a (possibly foreign) config.json points.
-    data_dir = args.data_dir
-    recorded = spec["data"].get("data_dir")
-    if data_dir is None and recorded and data_lib.is_prepared(name, recorded):
-        data_dir = recorded
-    data_cfg = dict(spec["data"], data_dir=data_dir)
-    data_cfg = config_lib.from_dict({"data": data_cfg}).data
-    split = data_lib.load_split(
-        data_cfg.name, data_cfg[f"{args.split}_split"], data_cfg.data_dir, data_cfg.download
-    )
+    split = load_run_split(spec, args.split, args.data_dir, config_path)
+    eval_batch_size = config_lib.from_dict({"data": spec["data"]}).data.eval_batch_size
     teacher = None
     if args.teacher:
         teacher = loop.load_teacher(args.teacher)
         loop.check_teacher(teacher, split.info)
-    evaluator = Evaluator(run.model, teacher=teacher, batch_size=data_cfg.eval_batch_size)
+    evaluator = Evaluator(run.model, teacher=teacher, batch_size=eval_batch_size)
     metrics = evaluator(run.variables, split)
     metrics.update(model_summary(run.model, run.variables, split.info.image_shape))
     metrics["split"] = args.split

@@ -173,7 +173,12 @@ def default_config() -> dict[str, Any]:
             "ece_bins": 15,
             "latency_batch_size": 256,
         },
-        "log": {"every_steps": 50, "progress": True},
+        "log": {
+            "every_steps": 50,
+            "progress": True,
+            # TensorBoard event files beside metrics.jsonl (`tensorboard --logdir runs/`)
+            "tensorboard": True,
+        },
     }
 
 

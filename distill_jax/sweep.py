@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from distill_jax import config as config_lib
-from distill_jax.report import describe_meta, run_meta, write_outputs
+from distill_jax.report import Stages, describe_meta, run_meta, write_outputs
 from distill_jax.train.loop import fit, load_teacher
 from distill_jax.train.workdir import claim
 
@@ -96,6 +96,7 @@ def sweep(
 
     claim(workdir, "sweep", config)
     runs, rows, test_examples = [], [], None
+    stages = Stages(len(pairs) * (1 + len(methods) * seeds), say)
     for pair in pairs:
         pair_dir = os.path.join(workdir, pair.replace(":", "_to_"))
         teacher_dir = os.path.join(pair_dir, "teacher")
@@ -107,7 +108,7 @@ def sweep(
         )
         teacher = load_teacher(teacher_dir, config.teacher.checkpoint)
         test_examples = teacher_fit.test["count"]  # every pair is tested on the same split
-        say(f"{pair}: teacher test accuracy {teacher_fit.test['accuracy']:.4f}")
+        stages.done(f"{pair} teacher", teacher_fit.test)
         rows.append(_row(pair, "teacher", [_record(teacher_fit, config.seed)], published))
         for method in methods:
             spec = all_methods[method]
@@ -126,9 +127,10 @@ def sweep(
                 )
                 records.append(_record(result, seed))
                 runs.append({"pair": pair, "method": method, **records[-1]})
-                say(
-                    f"{pair} {method} seed {seed}: best {records[-1]['best']:.4f} "
-                    f"last {records[-1]['last']:.4f}"
+                stages.done(
+                    f"{pair} {method} seed {seed}",
+                    result.test,
+                    f", best validation {records[-1]['best']:.4f}",
                 )
             rows.append(_row(pair, method, records, published))
     meta = run_meta(config.data.name, started, test_examples=test_examples)

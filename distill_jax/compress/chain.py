@@ -42,7 +42,7 @@ from distill_jax.compress.prune import PruneSchedule, apply_masks, magnitude_mas
 from distill_jax.compress.stage import stage
 from distill_jax.evaluation import Evaluator, measure_latency
 from distill_jax.models import create_model
-from distill_jax.report import describe_meta, run_meta, write_outputs
+from distill_jax.report import Stages, describe_meta, run_meta, write_outputs
 from distill_jax.teachers import Teacher
 from distill_jax.train.loop import fit, load_data, load_teacher
 from distill_jax.train.workdir import claim
@@ -160,15 +160,23 @@ def compress(
 
     claim(workdir, "compress", config, reads={"--teacher": teacher_dir})
 
+    trainings = (
+        (teacher_dir is None)
+        + 2
+        + (len(c.sparsities) + len(c.channel_keep)) * len(c.recovery)
+        + (c.qat_epochs > 0)
+    )
+    stages = Stages(trainings, say)
     # -- 1. teacher, dense student alone, distilled student --------------------------
     if teacher_dir is None:
         teacher_dir = os.path.join(workdir, "teacher")
-        fit(config, teacher_dir, role="teacher", desc="teacher")
+        stages.done("teacher", fit(config, teacher_dir, role="teacher", desc="teacher").test)
     teacher = load_teacher(teacher_dir, config.teacher.checkpoint)
     rows = _Rows(config, data, teacher)
     rows.add("teacher", "dense", teacher.model, teacher.variables)
     alone = fit(config, os.path.join(workdir, "student_alone"), role="student", desc="alone")
     rows.add("student alone", "dense", alone.model, alone.variables)
+    stages.done("student alone", alone.test)
     kd = fit(
         config,
         os.path.join(workdir, "student_kd"),
@@ -178,7 +186,7 @@ def compress(
     )
     distilled = load_teacher(kd.workdir, what="student")
     rows.add("student distilled", "distilled", kd.model, kd.variables)
-    say(f"distilled student: test accuracy {kd.test['accuracy']:.4f}")
+    stages.done("student distilled", kd.test)
     recovery = {"kd": teacher, "self": distilled, "hard": None}
 
     def recover(name, label, kind, rec_config, start, prune=None, **extra):
@@ -202,7 +210,7 @@ def compress(
                 result.variables,
                 **extra,
             )
-            say(f"{name}_{how}: test accuracy {result.test['accuracy']:.4f}")
+            stages.done(f"{label} + {how} recovery", result.test)
         return done
 
     # -- 2. unstructured pruning, recovered with KD and/or hard labels -------------------
@@ -267,7 +275,7 @@ def compress(
             add_int8("distilled, int8 PTQ", "int8", kd.model, kd.variables)
         if c.qat_epochs:
             qat_config = recovery_config(config, epochs=c.qat_epochs)
-            fit(
+            qat_fit = fit(
                 qat_config,
                 os.path.join(workdir, "qat_kd"),
                 role="student",
@@ -275,6 +283,7 @@ def compress(
                 variant=stage(init_from=distilled, qat=True),
                 desc="qat_kd",
             )
+            stages.done("int8 QAT with KD (fake-quantized)", qat_fit.test)
             trained = load_teacher(os.path.join(workdir, "qat_kd"), what="student")
             add_int8("distilled, int8 QAT (KD)", "int8", trained.model, trained.variables)
         if c.int8 and shrunk_kd is not None:

@@ -7,9 +7,11 @@ any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=Fal
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
 batches that cover every example once, and `iterate` reads a stream from a given step.
 `load_unlabelled(name)` reads the token ids of unlabelled in-domain text
-(`vader_snippets`, `news_articles`).
+(`vader_snippets`, `news_articles`). `from_arrays(name, inputs, labels)` registers your
+own arrays as a dataset of this process.
 """
 
+from distill_jax.data.arrays import from_arrays
 from distill_jax.data.builders import Digits, Mnist5k
 from distill_jax.data.pipeline import (
     EMBEDDED_DATASETS,
@@ -49,6 +51,7 @@ __all__ = [
     "Trec6",
     "VaderSnippets",
     "eval_batches",
+    "from_arrays",
     "get_info",
     "is_prepared",
     "iterate",

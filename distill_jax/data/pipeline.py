@@ -225,6 +225,8 @@ class DatasetInfo:
       splits: split name -> number of examples.
       input_kind: `"image"` (uint8 pixels, scaled to [0, 1] by the train step) or
         `"tokens"` (int32 token ids, 0 = padding, fed to the model unchanged).
+      class_names: the label names, by class index (the ClassLabel's; `"0"`, `"1"`, ...
+        where it has none).
     """
 
     name: str
@@ -232,6 +234,7 @@ class DatasetInfo:
     image_shape: tuple[int, ...]
     splits: dict[str, int]
     input_kind: str = "image"
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_dtype(self) -> type:
@@ -310,6 +313,7 @@ def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetI
         )
     shape = tuple(features[image_key].shape)
     num_classes = getattr(features[label_key], "num_classes", None)
+    class_names = tuple(str(n) for n in (getattr(features[label_key], "names", None) or ()))
     dtype = np.dtype(getattr(features[image_key], "np_dtype", np.uint8))
     if len(shape) == 1 and shape[0] is not None and np.issubdtype(dtype, np.integer):
         if not num_classes:
@@ -320,6 +324,7 @@ def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetI
             image_shape=(int(shape[0]),),
             splits={split: info.num_examples for split, info in builder.info.splits.items()},
             input_kind="tokens",
+            class_names=class_names,
         )
     if len(shape) == 2:
         shape = (*shape, 1)
@@ -335,6 +340,7 @@ def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetI
         num_classes=int(num_classes),
         image_shape=tuple(int(d) for d in shape),
         splits=splits,
+        class_names=class_names,
     )
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "dkd_terms",
     "gjsd_loss",
     "kd_loss",
+    "register_loss",
     "lskd_loss",
     "masked_mean",
     "reverse_kl_loss",
@@ -96,3 +97,34 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
     "skew_kl": skew_kl_loss,
     "skew_reverse_kl": skew_reverse_kl_loss,
 }
+
+
+def register_loss(name: str):
+    """Decorator adding a logit loss to `LOSSES`, so `distill.losses` can name it.
+
+    The function takes `student_logits_BC`, `teacher_logits_BC` (and optionally
+    `labels_B`), its hyperparameters as keyword arguments with defaults (configurable as
+    `distill.losses.<name>.<hyperparameter>`), and `mask_B=None` (rows to ignore); it
+    returns a scalar. A feature or relation method is a `Method` registered with
+    `losses.method.register` instead.
+
+    Raises:
+        ValueError: a name taken by a built-in loss, or a function without those inputs.
+    """
+    import inspect
+
+    def wrap(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        if name in _BUILTIN_LOSSES or name in METHODS:
+            raise ValueError(f"loss name {name!r} is taken by a built-in loss or method")
+        params = inspect.signature(fn).parameters
+        needed = ("student_logits_BC", "teacher_logits_BC", "mask_B")
+        missing = [p for p in needed if p not in params]
+        if missing:
+            raise ValueError(f"loss {name!r} must take {', '.join(needed)}; missing {missing}")
+        LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+_BUILTIN_LOSSES = frozenset(LOSSES)

@@ -88,6 +88,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "textcnn": TextCNN,
     "bilstm": BiLSTM,
 }
+_BUILTIN_MODELS = frozenset(MODELS)
 
 # Fields that the pipeline sets itself; a config may not set them.
 _RESERVED = ("num_classes", "parent", "name", "axis_name", "dtype")
@@ -97,6 +98,31 @@ def model_fields(name: str) -> list[str]:
     """The keyword arguments a config may give to model `name`."""
     cls = get_model_class(name)
     return [f.name for f in dataclasses.fields(cls) if f.name not in _RESERVED and f.init]
+
+
+def register_model(name: str):
+    """Class decorator adding a Flax Linen module to `MODELS`, so `model.name` can name
+    it; its other fields become the model config's keys.
+
+    The module maps `(inputs, train: bool)` to `(logits_BC, features)` (a dict of named
+    intermediate arrays, `pre_logits` at least, for feature methods) and has the fields
+    `num_classes` and `dtype` (the trainer sets them).
+
+    Raises:
+        ValueError: a name taken by a built-in model, or a module without those fields.
+    """
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _BUILTIN_MODELS:
+            raise ValueError(f"model name {name!r} is taken by a built-in model")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted({"num_classes", "dtype"} - fields)
+        if missing:
+            raise ValueError(f"model {name!r} needs the field(s) {', '.join(missing)}")
+        MODELS[name] = cls
+        return cls
+
+    return wrap
 
 
 def get_model_class(name: str) -> type[nn.Module]:
@@ -206,6 +232,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
+    "register_model",
     "CNN",
     "BiLSTM",
     "Bert",

@@ -42,7 +42,7 @@ from distill_jax.tokenizer import (  # noqa: F401
     tokenize,
 )
 
-_IGNORED_PREFIXES = ("cls.", "classifier.")
+_IGNORED_PREFIXES = ("cls.", "classifier.", "embedding_projection.")
 _IGNORED_SUFFIXES = ("position_ids",)
 _CONFIG_FILE, _WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -182,6 +182,88 @@ def to_flax(tensors: dict[str, np.ndarray], num_layers: int) -> dict[str, Any]:
             "output": dense(p + "output.dense"),
             "output_ln": norm(p + "output.LayerNorm"),
         }
+    return tree
+
+
+def from_flax(params: dict[str, Any], num_layers: int) -> dict[str, np.ndarray]:
+    """A `Bert` parameter tree -> Hugging Face tensors (the inverse of `to_flax`), named as
+    in a `BertForSequenceClassification` state dict: the encoder under `bert.`, the head as
+    `classifier.*` (a sentence-embedding projection, if any, as `embedding_projection.*`).
+    `BertModel` loads the same file (transformers strips the `bert.` prefix)."""
+    out: dict[str, np.ndarray] = {}
+
+    def dense(p: dict[str, Any], prefix: str) -> None:
+        out[f"{prefix}.weight"] = np.ascontiguousarray(np.asarray(p["kernel"], np.float32).T)
+        out[f"{prefix}.bias"] = np.asarray(p["bias"], np.float32)
+
+    def norm(p: dict[str, Any], prefix: str) -> None:
+        out[f"{prefix}.weight"] = np.asarray(p["scale"], np.float32)
+        out[f"{prefix}.bias"] = np.asarray(p["bias"], np.float32)
+
+    for name in ("word", "position", "token_type"):
+        table = params[f"{name}_embeddings"]["embedding"]
+        out[f"embeddings.{name}_embeddings.weight"] = np.asarray(table, np.float32)
+    norm(params["embeddings_ln"], "embeddings.LayerNorm")
+    dense(params["pooler"], "pooler.dense")
+    for i in range(num_layers):
+        p, layer = f"encoder.layer.{i}.", params[f"layer{i + 1}"]
+        dense(layer["query"], p + "attention.self.query")
+        dense(layer["key"], p + "attention.self.key")
+        dense(layer["value"], p + "attention.self.value")
+        dense(layer["attention_output"], p + "attention.output.dense")
+        norm(layer["attention_ln"], p + "attention.output.LayerNorm")
+        dense(layer["intermediate"], p + "intermediate.dense")
+        dense(layer["output"], p + "output.dense")
+        norm(layer["output_ln"], p + "output.LayerNorm")
+    dense(params["head"], "classifier")
+    if "embedding_projection" in params:
+        dense(params["embedding_projection"], "embedding_projection")
+    head = ("classifier.", "embedding_projection.")
+    return {(k if k.startswith(head) else f"bert.{k}"): v for k, v in out.items()}
+
+
+def hf_config(module: Any, labels: Sequence[str]) -> dict[str, Any]:
+    """`config.json` of a `Bert` in Hugging Face's BertConfig fields (what `read_config`
+    reads back), as a sequence classifier with `labels`."""
+    return {
+        "architectures": ["BertForSequenceClassification"],
+        "model_type": "bert",
+        "vocab_size": module.vocab_size,
+        "hidden_size": module.hidden_size,
+        "num_hidden_layers": module.num_layers,
+        "num_attention_heads": module.num_heads,
+        "intermediate_size": module.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": module.dropout,
+        "attention_probs_dropout_prob": module.attention_dropout,
+        "max_position_embeddings": module.max_position,
+        "type_vocab_size": module.type_vocab_size,
+        "initializer_range": 0.02,
+        "layer_norm_eps": module.layer_norm_eps,
+        "pad_token_id": module.pad_id,
+        "position_embedding_type": "absolute",
+        "classifier_dropout": None,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "torch_dtype": "float32",
+    }
+
+
+def to_flax_with_head(tensors: dict[str, np.ndarray], source: str) -> dict[str, Any]:
+    """An exported BERT's tensors (`from_flax`) -> the whole `Bert` parameter tree: the
+    encoder through the checked conversion every checkpoint takes, then the head."""
+    cfg = read_config.__wrapped__(source)  # uncached: an export may be rewritten in place
+    extra = ("classifier.", "embedding_projection.")
+    encoder = {k: v for k, v in tensors.items() if not k.startswith(extra)}
+    tree = to_flax(checked_tensors(encoder, cfg, source), cfg["num_layers"])
+    for name, prefix in (("head", "classifier"), ("embedding_projection", "embedding_projection")):
+        if f"{prefix}.weight" in tensors:
+            tree[name] = {
+                "kernel": np.asarray(tensors[f"{prefix}.weight"], np.float32).T,
+                "bias": np.asarray(tensors[f"{prefix}.bias"], np.float32),
+            }
+    if "head" not in tree:
+        raise CheckpointError(f"{source}: missing tensor 'classifier.weight' (the head)")
     return tree
 
 

@@ -1,5 +1,6 @@
-"""The small pieces the training loop calls: metrics log, divergence policy, progress bar
-and preemption signals. Each does one thing; the loop (`train/loop.py`) reads top-down.
+"""The small pieces the training loop calls: metrics log (`metrics.jsonl` and TensorBoard
+event files), divergence policy, progress bar and preemption signals. Each does one
+thing; the loop (`train/loop.py`) reads top-down.
 
 Metrics are fetched one log window late: the loop keeps the device metrics of the
 window's steps and only reads them back (a host sync) when the window is flushed, so the
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import jax
@@ -83,6 +85,45 @@ def likely_cause(metrics: dict[str, Any]) -> str:
     return "The student's update overflowed: lower the learning rate or set train.grad_clip"
 
 
+class Events:
+    """TensorBoard event files in the run's directory (process 0, when `log.tensorboard`).
+
+    Every record of `metrics.jsonl` becomes scalars tagged `split/name` (a list, e.g. the
+    validation accuracy of each vmapped student, becomes `split/name/i`), so that
+    `tensorboard --logdir runs/` overlays every model trained under `runs/`. Written with
+    tensorboardX (no TensorFlow). A run resumed at step `start` hides what an earlier
+    attempt logged after it (TensorBoard's purge step), as `metrics.jsonl` is truncated.
+    """
+
+    def __init__(self, workdir: str, start: int, enabled: bool):
+        self.writer = None
+        if enabled and jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+
+            # One file per attempt, named by the step it starts from (attempts starting in
+            # the same second would otherwise overwrite each other's file).
+            suffix = f".from_step_{start:09d}"
+            self.writer = SummaryWriter(
+                workdir, purge_step=start + 1, flush_secs=20, filename_suffix=suffix
+            )
+
+    def write(self, step: int, split: str, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for name, value in record.items():
+            values = value if isinstance(value, list | tuple) else [value]
+            for i, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, int | float | np.number):
+                    continue
+                tag = f"{split}/{name}" + (f"/{i}" if isinstance(value, list | tuple) else "")
+                self.writer.add_scalar(tag, float(v), step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 class MetricsLog:
     """The train metrics of the current log window, the divergence policy, and
     `metrics.jsonl` (written by process 0 only).
@@ -95,10 +136,20 @@ class MetricsLog:
             went non-finite and its likely cause; `skip` counts the (already discarded) step.
         diverged: says what is kept (the last good checkpoint).
         role: the config section of the run's train settings (`teacher` / `student`).
+        batch_size: examples per step, for the logged `examples_per_sec`.
+        events: TensorBoard events that mirror every record (`Events`), or None.
     """
 
     def __init__(
-        self, workdir, fetch, steps_per_epoch: int, on_nonfinite: str, diverged, role: str
+        self,
+        workdir,
+        fetch,
+        steps_per_epoch: int,
+        on_nonfinite: str,
+        diverged,
+        role: str,
+        batch_size: int = 0,
+        events: Events | None = None,
     ):
         self.path = os.path.join(workdir, METRICS_FILE)
         self.workdir = workdir
@@ -110,8 +161,18 @@ class MetricsLog:
         self.enabled = jax.process_index() == 0
         self.pending: list[tuple[int, Any]] = []
         self.skipped = count_skipped(workdir)
+        self.batch_size = batch_size
+        self.events = events
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Starts timing the next window (after validation and checkpoints, which are not
+        training throughput)."""
+        self.clock = time.perf_counter()
 
     def write(self, step: int, split: str, record: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.write(step, split, record)
         if self.enabled:
             with open(self.path, "a") as f:
                 epoch = step / self.steps_per_epoch
@@ -124,7 +185,9 @@ class MetricsLog:
         """Fetches the window's metrics, applies the divergence policy, logs the means."""
         if not self.pending:
             return {}
-        fetched = [self.fetch(m) for _, m in self.pending]
+        fetched = [self.fetch(m) for _, m in self.pending]  # waits for the window's steps
+        seconds = time.perf_counter() - self.clock
+        timed = len(fetched)
         steps = [s for s, _ in self.pending]
         self.pending.clear()
         for s, m in zip(steps, fetched, strict=True):
@@ -139,6 +202,10 @@ class MetricsLog:
         ok = [m for m in fetched if float(np.max(m["nonfinite"])) == 0] or fetched
         means = {k: float(np.mean([np.mean(m[k]) for m in ok])) for k in ok[0]}
         means["skipped_steps"] = self.skipped
+        if self.batch_size:
+            # The first window includes compilation.
+            means["examples_per_sec"] = timed * self.batch_size / max(seconds, 1e-9)
+        self.restart_clock()
         self.write(step, "train", means)
         return means
 

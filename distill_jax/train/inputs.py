@@ -46,8 +46,18 @@ class Data:
 
 @functools.lru_cache(maxsize=4)
 def _load_data_cached(
-    name, data_dir, download, train, validation, test, stream, unlabelled, unlabelled_split
+    name,
+    data_dir,
+    download,
+    train,
+    validation,
+    test,
+    stream,
+    unlabelled,
+    unlabelled_split,
+    builder=None,
 ) -> Data:
+    del builder  # part of the key only: arrays registered again are a new builder
     load = functools.partial(data_lib.load_split, name, data_dir=data_dir, download=download)
     data = Data(
         train=load(train, in_memory=not stream), validation=load(validation), test=load(test)
@@ -97,6 +107,7 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         stream,
         tuple(d.unlabelled),
         d.unlabelled_split,
+        data_lib.EMBEDDED_DATASETS.get(d.name.partition("/")[0]),
     )
     if jax.process_count() == 1:
         return _load_data_cached(*args)
@@ -111,6 +122,30 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
 
 
 # ---------------------------------------------------------------------------- teachers
+
+
+def load_run_split(spec: dict[str, Any], split: str, data_dir: str | None, where: str = ""):
+    """A split (`test`, `validation`, `train`) of the dataset a run was trained on.
+
+    The run's recorded data dir is used only to read a dataset already prepared there;
+    anything that must be prepared goes where the user says (`data_dir`, else the
+    default), never where a (possibly foreign) config.json points.
+
+    Args:
+        spec: the run's spec (its config.json).
+        where: the file the spec came from, for messages.
+    """
+    from distill_jax import config as config_lib
+
+    name = (spec.get("data") or {}).get("name", "")
+    data_lib.check_known_dataset(name, where)
+    recorded = spec["data"].get("data_dir")
+    if data_dir is None and recorded and data_lib.is_prepared(name, recorded):
+        data_dir = recorded
+    data_cfg = config_lib.from_dict({"data": dict(spec["data"], data_dir=data_dir)}).data
+    return data_lib.load_split(
+        data_cfg.name, data_cfg[f"{split}_split"], data_cfg.data_dir, data_cfg.download
+    )
 
 
 def load_teacher(

@@ -25,6 +25,7 @@ from distill_jax.errors import Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.report import summarize
 from distill_jax.train.hooks import (
+    Events,
     MetricsLog,
     PreemptionSignals,
     Progress,
@@ -98,8 +99,16 @@ def train(run: Run, desc: str | None = None) -> FitResult:
             return "no checkpoint had been written yet"
         return f"the last good checkpoint (step {latest}) is kept"
 
+    events = Events(run.workdir, start, config.log.tensorboard)
     log = MetricsLog(
-        run.workdir, strategy.fetch, per_epoch, run.train_cfg.on_nonfinite, kept, run.role
+        run.workdir,
+        strategy.fetch,
+        per_epoch,
+        run.train_cfg.on_nonfinite,
+        kept,
+        run.role,
+        batch_size=run.train_cfg.batch_size,
+        events=events,
     )
     validator = Evaluator(run.eval_model, task=run.task, batch_size=config.data.eval_batch_size)
     state = strategy.put_replicated(run.state)
@@ -112,7 +121,7 @@ def train(run: Run, desc: str | None = None) -> FitResult:
     progress = Progress(total, start, desc or run.role, config.log.progress)
     batches = run.batches(start)
     last_saved = start if start > 0 else None
-    with PreemptionSignals() as preemption, contextlib.closing(ckpt):
+    with PreemptionSignals() as preemption, contextlib.closing(ckpt), contextlib.closing(events):
         for step in range(start, total):
             state, metrics = run.step(state, run.frozen, strategy.put_batch(next(batches)))
             done = step + 1
@@ -133,6 +142,7 @@ def train(run: Run, desc: str | None = None) -> FitResult:
             if val_metrics is not None or done % config.checkpoint.every_steps == 0:
                 save(done, val_metrics)
                 last_saved = done
+                log.restart_clock()
             progress.update()
             if preemption.requested and done < total:
                 if last_saved != done:
@@ -145,7 +155,9 @@ def train(run: Run, desc: str | None = None) -> FitResult:
         progress.close()
         if last_saved != total and ckpt.latest_step() != total:
             save(total)
-    return _test(run, strategy.fetch(state), log.skipped)
+        result = _test(run, strategy.fetch(state), log.skipped)
+        events.write(total, "test", result.test)
+    return result
 
 
 def _test(run: Run, final: TrainState, skipped: int) -> FitResult:

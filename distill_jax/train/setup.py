@@ -459,6 +459,7 @@ def setup(
         checkpointer=checkpointer,
         metadata={
             "role": role,
+            "total_steps": int(config[role].train.epochs * plan["steps_per_epoch"]),
             "num_classes": info.num_classes,
             "image_shape": list(info.image_shape),
             "teacher": spec["teacher"],
