@@ -56,7 +56,10 @@ def digits_train(data_dir) -> data.ArraySplit:
 def test_embedded_splits_have_documented_sizes_shapes_and_dtypes(data_dir, name):
     sizes, shape = SIZES[name]
     info = data.get_info(name, data_dir=data_dir)
-    assert info == data.DatasetInfo(name=name, num_classes=10, image_shape=shape, splits=sizes)
+    names = tuple(str(i) for i in range(10))
+    assert info == data.DatasetInfo(
+        name=name, num_classes=10, image_shape=shape, splits=sizes, class_names=names
+    )
     for split, size in sizes.items():
         ds = data.load_split(name, split, data_dir=data_dir)
         assert len(ds) == size
