@@ -281,3 +281,6 @@ def test_bert_exports_give_hugging_face_s_logits(tmp_path):
         got = _logits(module, variables, script.INPUT_IDS)
         np.testing.assert_allclose(got, reference[f"{kind}_logits"], rtol=1e-4, atol=2e-5)
         assert np.ptp(reference[f"{kind}_logits"]) > 0.1  # not a degenerate reference
+    # The exported StableHLO, run by predict.py without distill_jax, gives them too.
+    got, _ = _predict(paths["pooled"], script.INPUT_IDS, tmp_path)
+    np.testing.assert_allclose(got, reference["pooled_logits"], rtol=1e-4, atol=2e-5)
