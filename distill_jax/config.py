@@ -105,7 +105,10 @@ def default_config() -> dict[str, Any]:
         "teacher": {
             "model": {"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
             "train": _train_defaults(),
-            "checkpoint": "latest",  # which of the teacher's checkpoints to distil from
+            # Which of the teacher's checkpoints to distil from: latest | best (validation
+            # accuracy) | "epoch:N", the end of epoch N (an early-stopped teacher; the
+            # teacher must have kept it: checkpoint.keep_epochs).
+            "checkpoint": "latest",
             "workdir": None,  # `distill`: the teacher's run (else --teacher DIR)
         },
         "student": {
@@ -167,6 +170,10 @@ def default_config() -> dict[str, Any]:
         "checkpoint": {
             "every_steps": 1000,
             "keep": 2,  # latest checkpoints kept (plus the best by validation accuracy)
+            # Epochs whose end-of-epoch checkpoint is kept for good (validated and saved
+            # even between `eval.every_epochs`), e.g. [5, 10]: early-stopped teachers,
+            # `teacher.checkpoint = "epoch:5"`. Epochs past a run's end are never reached.
+            "keep_epochs": [],
         },
         "eval": {
             "every_epochs": 1,  # validation (learning curves, best checkpoint)
@@ -390,6 +397,24 @@ def _choice(value: Any, choices: Sequence[str], key: str) -> None:
         )
 
 
+def teacher_checkpoint_epoch(value: Any, key: str = "teacher.checkpoint") -> int | None:
+    """The epoch N of a `"epoch:N"` teacher checkpoint, None for `latest` / `best`.
+
+    Raises:
+        ConfigError: anything else (one line naming the valid forms).
+    """
+    if value in TEACHER_CHECKPOINTS:
+        return None
+    if isinstance(value, str) and value.startswith("epoch:"):
+        n = value.partition(":")[2]
+        if n.isdigit() and int(n) >= 1:
+            return int(n)
+    raise ConfigError(
+        f"{key} = {value!r} is not valid{_suggest(str(value), TEACHER_CHECKPOINTS)}; valid "
+        f"values: {', '.join(TEACHER_CHECKPOINTS)}, or \"epoch:N\" (N >= 1) for the end of epoch N"
+    )
+
+
 def _positive(value: Any, key: str, allow_zero: bool = False) -> None:
     # Written so that NaN fails too (every comparison with NaN is False).
     if not (value >= 0 if allow_zero else value > 0):
@@ -422,7 +447,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"data.unlabelled lists dataset names, got {name!r}")
     _validate_vmap(cfg["vmap"])
-    _choice(cfg["teacher"]["checkpoint"], TEACHER_CHECKPOINTS, "teacher.checkpoint")
+    teacher_checkpoint_epoch(cfg["teacher"]["checkpoint"], "teacher.checkpoint")
     for role in ROLES:
         validate_model_config(cfg[role]["model"], f"{role}.model")
         t = cfg[role]["train"]
@@ -451,6 +476,13 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_sweep(cfg["sweep"])
     _positive(cfg["checkpoint"]["every_steps"], "checkpoint.every_steps")
     _positive(cfg["checkpoint"]["keep"], "checkpoint.keep")
+    keep_epochs = cfg["checkpoint"]["keep_epochs"]
+    if not isinstance(keep_epochs, list | tuple) or not all(
+        isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in keep_epochs
+    ):
+        raise ConfigError(
+            f"checkpoint.keep_epochs lists epochs (integers >= 1), got {keep_epochs!r}"
+        )
     _positive(cfg["data"]["eval_batch_size"], "data.eval_batch_size")
     _positive(cfg["data"]["num_workers"], "data.num_workers", allow_zero=True)
     _positive(cfg["eval"]["every_epochs"], "eval.every_epochs")

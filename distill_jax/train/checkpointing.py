@@ -62,9 +62,16 @@ class Checkpointer:
         directory: where the step folders live (e.g. `workdir/checkpoints`).
         keep: how many of the latest steps to keep (the best step is kept besides).
         read_only: open without the right to write or delete (teachers).
+        keep_steps: steps kept for good besides (`checkpoint.keep_epochs`' epoch ends).
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2, read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        keep: int = 2,
+        read_only: bool = False,
+        keep_steps: tuple[int, ...] = (),
+    ):
         self.directory = os.path.abspath(os.fspath(directory))
         self.read_only = read_only
         self._unchecked: set[int] = set()  # saved steps whose checksum is not written yet
@@ -77,6 +84,7 @@ class Checkpointer:
                     checkpoint_managers.BestN(
                         get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False
                     ),
+                    *([checkpoint_managers.CustomSteps(steps=keep_steps)] if keep_steps else []),
                 ]
             )
             options = ocp.CheckpointManagerOptions(

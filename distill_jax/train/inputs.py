@@ -21,6 +21,7 @@ import numpy as np
 
 from distill_jax import data as data_lib
 from distill_jax.data.text_augment import TokenAugment
+from distill_jax.config import teacher_checkpoint_epoch
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
 from distill_jax.tasks import Classification
@@ -155,7 +156,8 @@ def load_teacher(
 
     Args:
         teacher_dir: a workdir written by `distill-jax train` (config.json + checkpoints/).
-        which: `latest` or `best` (by validation accuracy) checkpoint.
+        which: `latest`, `best` (by validation accuracy) or `"epoch:N"` (the end of
+            epoch N, kept by `checkpoint.keep_epochs`) checkpoint.
         what: how the directory is named in error messages.
         member: of a run of vmapped students (`vmap.students`), which one (0-based).
 
@@ -209,6 +211,7 @@ def load_teacher(
         "image_shape": list(image_shape),
         "dataset": spec.get("data", {}).get("name"),
         **({} if member is None else {"member": member}),
+        **({"checkpoint": which} if which not in ("latest", "best") else {}),
         # Its exact weights: a student resumed after its teacher was retrained in the
         # same directory is refused (workdir.prepare_workdir).
         "sha256": fingerprint(variables),
@@ -236,6 +239,9 @@ def _newest_intact(ckpt: Checkpointer, which: str, what: str) -> tuple[int, Any,
     """The step to load (`best`, else the latest) or, when its files are damaged or
     unverified, the newest intact step before it (with a warning)."""
     steps = list(reversed(ckpt.all_steps()))
+    epoch = teacher_checkpoint_epoch(which, f"{what} checkpoint")
+    if epoch is not None:
+        return _epoch_step(ckpt, steps, epoch, what)
     if which == "best":
         try:
             best = ckpt.best_step()
@@ -264,6 +270,35 @@ def _newest_intact(ckpt: Checkpointer, which: str, what: str) -> tuple[int, Any,
         f"{what} directory {os.path.dirname(ckpt.directory)} has no intact checkpoint "
         f"({listed}); restore its files or retrain it"
     )
+
+
+def _epoch_step(ckpt: Checkpointer, steps: list[int], epoch: int, what: str):
+    """The checkpoint ending epoch `epoch` (`teacher.checkpoint = "epoch:N"`); never another
+    step in its place: a teacher stopped at another epoch is another teacher."""
+    where = f"{what} directory {os.path.dirname(ckpt.directory)}"
+    per_epoch = None
+    for s in steps:
+        try:
+            per_epoch = ckpt.metadata(s).get("steps_per_epoch")
+        except Exception:  # noqa: BLE001 (a damaged step: read another's metadata)
+            continue
+        break
+    if not per_epoch:
+        raise CheckpointError(
+            f"{where}: its checkpoints do not record their epoch (written before "
+            f"checkpoint.keep_epochs existed); retrain it to distil from epoch {epoch}"
+        )
+    step = epoch * per_epoch
+    if step not in steps:
+        kept = sorted(s // per_epoch for s in steps if s % per_epoch == 0)
+        raise CheckpointError(
+            f"{where} kept no checkpoint at the end of epoch {epoch} (step {step}); it holds "
+            f"epochs {kept or 'none'}: train it with checkpoint.keep_epochs=[{epoch}]"
+        )
+    found, raw, metadata, problems = ckpt.first_intact([step])
+    if found is None:
+        raise CheckpointError(f"{what} checkpoint {ckpt.directory}/{step}: {problems[step]}")
+    return step, raw, metadata
 
 
 def teacher_in_dtype(teacher: Teacher, dtype: str) -> Teacher:

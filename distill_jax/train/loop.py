@@ -133,8 +133,11 @@ def train(run: Run, desc: str | None = None) -> FitResult:
                 means = log.flush(done)
                 progress.show(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
             val_metrics = None
-            if (done % per_epoch == 0 and (done // per_epoch) % config.eval.every_epochs == 0) or (
-                done == total
+            epoch_end = done % per_epoch == 0
+            if (
+                (epoch_end and (done // per_epoch) % config.eval.every_epochs == 0)
+                or done == total
+                or done in run.keep_steps
             ):
                 log.flush(done)
                 val_metrics = _validate(run, validator, log, strategy.fetch(state), done)

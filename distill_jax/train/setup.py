@@ -181,6 +181,8 @@ class Run:
         step: the compiled train step; `frozen` its read-only input, on the devices.
         batches: `batches(start_step)` iterates the training batches from a step.
         steps_per_epoch, total_steps: the budget; start_step where it resumes (0: fresh).
+        keep_steps: the steps of `checkpoint.keep_epochs` within the budget (validated
+            and kept for good).
     """
 
     config: ml_collections.ConfigDict
@@ -205,10 +207,16 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     start_step: int
+    keep_steps: tuple[int, ...] = ()
 
     @property
     def train_cfg(self) -> ml_collections.ConfigDict:
         return self.config[self.role].train
+
+
+def kept_epoch_steps(epochs, steps_per_epoch: int, total_steps: int) -> tuple[int, ...]:
+    """The steps ending the epochs of `checkpoint.keep_epochs` that a run reaches."""
+    return tuple(sorted({e * steps_per_epoch for e in epochs if e * steps_per_epoch <= total_steps}))
 
 
 def _check_inputs(config, role: str, data: Data, strategy: Strategy) -> int:
@@ -439,7 +447,11 @@ def setup(
     state = _initial_state(plan, seed, variant)  # refuses start variables that do not fit
     # -- only now is anything written ---------------------------------------------------
     prepare_workdir(workdir, spec, overwrite, _reads(config, teacher, compare_to, variant))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    total_steps = int(config[role].train.epochs * plan["steps_per_epoch"])
+    keep_steps = kept_epoch_steps(config.checkpoint.keep_epochs, plan["steps_per_epoch"], total_steps)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, keep_steps=keep_steps
+    )
     state = restore(checkpointer, state)
     info = data.info
     return Run(
@@ -459,14 +471,16 @@ def setup(
         checkpointer=checkpointer,
         metadata={
             "role": role,
-            "total_steps": int(config[role].train.epochs * plan["steps_per_epoch"]),
+            "total_steps": total_steps,
+            "steps_per_epoch": plan["steps_per_epoch"],
             "num_classes": info.num_classes,
             "image_shape": list(info.image_shape),
             "teacher": spec["teacher"],
             "config": spec,
         },
         steps_per_epoch=plan["steps_per_epoch"],
-        total_steps=int(config[role].train.epochs * plan["steps_per_epoch"]),
+        total_steps=total_steps,
+        keep_steps=keep_steps,
         start_step=int(np.max(state.step)),
         **_compile(config, role, seed, plan),
     )
