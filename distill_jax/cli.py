@@ -8,6 +8,7 @@
     distill-jax cache-teacher --config FILE --teacher TEACHER_DIR --workdir CACHE_DIR
                          [--top_k K] [--views V]
     distill-jax compress --config FILE --workdir DIR [--teacher TEACHER_DIR]
+    distill-jax capacity --config FILE --workdir DIR [--teacher TEACHER_DIR] [--students ...]
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
 
 Multi-process (multi-host) runs: start the same command in every process with
@@ -73,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--seeds", type=int, help="student seeds (default: config run.seeds)")
     p.add_argument("--overwrite", action="store_true", help="discard runs of another config")
+
+    p = sub.add_parser("capacity", help="student sizes x (alone, teachers, assistants)")
+    common(p)
+    p.add_argument("--teacher", help="a finished teacher run (default: train one)")
+    p.add_argument("--students", help="comma-separated subset of capacity.students")
 
     p = sub.add_parser("sweep", help="pair x method x seed grid with a results table")
     common(p)
@@ -257,6 +263,16 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
             seeds=args.seeds,
         )
         return 0
+    if args.command == "capacity":
+        from distill_jax.capacity import capacity
+
+        capacity(
+            config,
+            args.workdir,
+            teacher_dir=args.teacher or config.teacher.workdir,
+            students=args.students.split(",") if args.students else None,
+        )
+        return 0
     if args.command == "compress":
         from distill_jax.compress.chain import compress
 
@@ -277,12 +293,16 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
         teacher = None
         if teacher_dir:
             teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
+        compare_to = teacher
+        if config.distill.assistants:
+            teacher = _assistants(args, config, teacher)
         result = loop.fit(
             config,
             args.workdir,
             role="student",
             seed=args.seed,
             teacher=teacher,
+            compare_to=compare_to,
             overwrite=args.overwrite,
         )
     if jax_process_index() != 0:
@@ -298,6 +318,20 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
         test["students"] = result.students
     _write_json(os.path.join(args.workdir, "eval.json"), test)
     return 0
+
+
+def _assistants(args: argparse.Namespace, config, teacher):
+    """`distill` with `distill.assistants`: the chain's runs go in `<workdir>/assistants/`
+    (the workdir is checked and claimed first); returns the last assistant."""
+    from distill_jax.assistants import through_assistants
+    from distill_jax.train.workdir import ASSISTANTS_DIR, claim
+
+    if teacher is None:
+        raise ConfigError("distill.assistants are distilled from a teacher: --teacher DIR")
+    reads = {"--teacher": teacher.identity["workdir"]}
+    claim(args.workdir, "train", config, overwrite=args.overwrite, reads=reads)
+    root = os.path.join(args.workdir, ASSISTANTS_DIR)
+    return through_assistants(config, root, teacher, overwrite=args.overwrite)
 
 
 def jax_process_index() -> int:

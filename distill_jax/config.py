@@ -31,7 +31,15 @@ TEACHER_CHECKPOINTS = ("latest", "best")
 ON_NONFINITE = ("stop", "skip")
 PIPELINES = ("auto", "device", "host", "stream")
 # Keys whose value is a free-form dict validated elsewhere (model configs by the registry).
-_FREE_KEYS = ("teacher.model", "student.model", "distill.losses", "sweep.methods")
+_FREE_KEYS = (
+    "teacher.model",
+    "student.model",
+    "distill.losses",
+    "sweep.methods",
+    "capacity.students",
+    "capacity.teachers",
+    "capacity.assistants",
+)
 
 
 def _train_defaults(**overrides: Any) -> dict[str, Any]:
@@ -125,6 +133,12 @@ def default_config() -> dict[str, Any]:
             # A `distill-jax cache-teacher` directory: read the teacher's outputs from it
             # instead of running the teacher (offline distillation); None: online.
             "cache": None,
+            # Teacher assistants (Mirzadeh et al. 2020): models between the teacher and
+            # the student, largest first, e.g. [{"name": "mlp", "hidden": [300, 300]}].
+            # Each is distilled from the one before it (the first from the teacher), with
+            # the student's training settings, as one model; the student distils from the
+            # last (assistants.py).
+            "assistants": [],
         },
         "run": {
             "seeds": 1,  # students are repeated over seeds seed, seed+1, ...
@@ -135,6 +149,23 @@ def default_config() -> dict[str, Any]:
             "methods": {},  # label -> {"alpha": CE weight, "losses": {...}}; "student": alone
             "seeds": 1,
             "published": None,  # JSON file of published accuracies to compare against
+        },
+        # `distill-jax capacity`: how big should the student be (capacity.py)? Every
+        # student size trained alone and distilled from each teacher and assistant.
+        "capacity": {
+            # label -> student model config, e.g. {"h16": {"name": "mlp", "hidden": [16]}}
+            "students": {},
+            # label -> which checkpoint of the one teacher: latest | best | "epoch:N"
+            # (an early-stopped teacher; its epoch is kept when capacity trains it).
+            "teachers": {"teacher": "latest"},
+            # The label of `teachers` that the assistants distil from and the answers
+            # ("within 1 point of the teacher", "where distillation stops helping") use.
+            "reference": "teacher",
+            # label -> model config: a teacher-assistant row per label (teacher -> TA ->
+            # student), the TA distilled from the `reference` teacher.
+            "assistants": {},
+            "seeds": 3,  # vmapped students per size and setting
+            "within": 1.0,  # points: "the smallest student within this of the teacher"
         },
         # Many students in one compiled step (jax.vmap), sharing each batch and one teacher
         # forward: `students` seeds (seed, seed+1, ...) x each listed alpha x temperature
@@ -322,7 +353,8 @@ def merge_into(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> 
         full = f"{prefix}{k}"
         if full in _FREE_KEYS:
             if not isinstance(v, Mapping):
-                raise ConfigError(f"{full} must be a dict with a 'name', got {v!r}")
+                what = "a dict with a 'name'" if full.endswith(".model") else "a dict"
+                raise ConfigError(f"{full} must be {what}, got {v!r}")
             base[k] = dict(v)
             continue
         if k not in base:
@@ -411,7 +443,7 @@ def teacher_checkpoint_epoch(value: Any, key: str = "teacher.checkpoint") -> int
             return int(n)
     raise ConfigError(
         f"{key} = {value!r} is not valid{_suggest(str(value), TEACHER_CHECKPOINTS)}; valid "
-        f"values: {', '.join(TEACHER_CHECKPOINTS)}, or \"epoch:N\" (N >= 1) for the end of epoch N"
+        f'values: {", ".join(TEACHER_CHECKPOINTS)}, or "epoch:N" (N >= 1) for the end of epoch N'
     )
 
 
@@ -474,6 +506,17 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["run"]["seeds"], "run.seeds")
     _positive(cfg["sweep"]["seeds"], "sweep.seeds")
     _validate_sweep(cfg["sweep"])
+    _validate_capacity(cfg["capacity"])
+    assistants = cfg["distill"]["assistants"]
+    if not isinstance(assistants, list | tuple):
+        raise ConfigError(f"distill.assistants lists model configs, got {assistants!r}")
+    for i, model in enumerate(assistants):
+        validate_model_config(model, f"distill.assistants[{i}]")
+    if assistants and cfg["distill"]["cache"]:
+        raise ConfigError(
+            "distill.cache holds the teacher's outputs, but with distill.assistants the "
+            "student distils from its last assistant: use one or the other"
+        )
     _positive(cfg["checkpoint"]["every_steps"], "checkpoint.every_steps")
     _positive(cfg["checkpoint"]["keep"], "checkpoint.keep")
     keep_epochs = cfg["checkpoint"]["keep_epochs"]
@@ -562,6 +605,38 @@ def _validate_sweep(sweep: dict[str, Any]) -> None:
                 f"valid keys: alpha, losses, teacher"
             )
         validate_losses(spec.get("losses", {}), key=f"sweep.methods.{label}.losses")
+
+
+def _validate_capacity(capacity: dict[str, Any]) -> None:
+    from distill_jax.models import validate_model_config
+
+    for group in ("students", "assistants"):
+        if not isinstance(capacity[group], dict):
+            raise ConfigError(
+                f"capacity.{group} maps labels to model configs, got {capacity[group]!r}"
+            )
+        for label, model in capacity[group].items():
+            validate_model_config(model, f"capacity.{group}.{label}")
+    teachers = capacity["teachers"]
+    if not isinstance(teachers, dict) or not teachers:
+        raise ConfigError(
+            f"capacity.teachers maps labels to teacher checkpoints (latest | best | "
+            f'"epoch:N"), at least one, got {teachers!r}'
+        )
+    for label, which in teachers.items():
+        teacher_checkpoint_epoch(which, f"capacity.teachers.{label}")
+    if capacity["reference"] not in teachers:
+        raise ConfigError(
+            f"capacity.reference = {capacity['reference']!r} is not a label of "
+            f"capacity.teachers ({', '.join(teachers)})"
+        )
+    for label in [*capacity["students"], *teachers, *capacity["assistants"]]:
+        if not str(label).replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(
+                f"capacity label {label!r} names a directory: use letters, digits, - and _"
+            )
+    _positive(capacity["seeds"], "capacity.seeds")
+    _positive(capacity["within"], "capacity.within")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 
 from distill_jax import data as data_lib
-from distill_jax.data.text_augment import TokenAugment
 from distill_jax.config import teacher_checkpoint_epoch
+from distill_jax.data.text_augment import TokenAugment
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
 from distill_jax.tasks import Classification

@@ -44,7 +44,7 @@ from distill_jax.train.inputs import Data, check_teacher, load_data, make_task, 
 from distill_jax.train.optim import make_optimizer, scale_by_lr_scale
 from distill_jax.train.state import TrainState, create_student_states, create_train_state
 from distill_jax.train.steps import One, Students, frozen_inputs, make_train_step
-from distill_jax.train.workdir import prepare_workdir, restore, run_spec
+from distill_jax.train.workdir import ASSISTANTS_DIR, prepare_workdir, restore, run_spec
 
 # data.pipeline = "auto" keeps a training split up to this size resident on the device.
 RESIDENT_MAX_BYTES = 1 << 30
@@ -216,7 +216,9 @@ class Run:
 
 def kept_epoch_steps(epochs, steps_per_epoch: int, total_steps: int) -> tuple[int, ...]:
     """The steps ending the epochs of `checkpoint.keep_epochs` that a run reaches."""
-    return tuple(sorted({e * steps_per_epoch for e in epochs if e * steps_per_epoch <= total_steps}))
+    return tuple(
+        sorted({e * steps_per_epoch for e in epochs if e * steps_per_epoch <= total_steps})
+    )
 
 
 def _check_inputs(config, role: str, data: Data, strategy: Strategy) -> int:
@@ -390,9 +392,16 @@ def _first(starts: Teacher | tuple[Teacher, ...] | None) -> Teacher | None:
     return starts[0] if isinstance(starts, tuple) else starts
 
 
-def _reads(config, teacher, compare_to, variant) -> dict[str, str | None]:
-    """The directories a run reads, which its workdir must not be (or hold, or sit in)."""
-    identity = lambda t: None if t is None else t.identity.get("workdir")  # noqa: E731
+def _reads(config, teacher, compare_to, variant, workdir: str) -> dict[str, str | None]:
+    """The directories a run reads, which its workdir must not be (or hold, or sit in).
+    Its own teacher assistants (`<workdir>/assistants/`, which the run never writes) are
+    exempt."""
+    own = os.path.join(os.path.abspath(workdir), ASSISTANTS_DIR) + os.sep
+
+    def identity(t):
+        path = None if t is None else t.identity.get("workdir")
+        return None if path is None or os.path.abspath(path).startswith(own) else path
+
     return {
         "--teacher": identity(teacher),
         "the compared teacher": identity(compare_to),
@@ -446,9 +455,11 @@ def setup(
     )
     state = _initial_state(plan, seed, variant)  # refuses start variables that do not fit
     # -- only now is anything written ---------------------------------------------------
-    prepare_workdir(workdir, spec, overwrite, _reads(config, teacher, compare_to, variant))
+    prepare_workdir(workdir, spec, overwrite, _reads(config, teacher, compare_to, variant, workdir))
     total_steps = int(config[role].train.epochs * plan["steps_per_epoch"])
-    keep_steps = kept_epoch_steps(config.checkpoint.keep_epochs, plan["steps_per_epoch"], total_steps)
+    keep_steps = kept_epoch_steps(
+        config.checkpoint.keep_epochs, plan["steps_per_epoch"], total_steps
+    )
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, keep_steps=keep_steps
     )

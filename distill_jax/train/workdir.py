@@ -2,7 +2,7 @@
 and restoring its newest intact checkpoint.
 
 Every workdir distill-jax writes holds a marker, `.distill-jax.json`, saying what wrote it
-(`kind`: train, run, sweep, compress or cache) and the hash of its config. A command
+(`kind`: train, run, sweep, compress, cache or capacity) and the hash of its config. A command
 refuses a workdir another kind of command wrote, a non-empty directory that distill-jax
 did not write (so a user's own files are never replaced), and a workdir that is, or holds,
 or sits inside a directory the same command reads (its teacher, teacher cache or starting
@@ -32,7 +32,9 @@ from distill_jax.train.state import TrainState
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 MARKER_FILE = ".distill-jax.json"
-KINDS = ("train", "run", "sweep", "compress", "cache")
+# A distilled run's own teacher assistants (assistants.py) live in this subdirectory.
+ASSISTANTS_DIR = "assistants"
+KINDS = ("train", "run", "sweep", "compress", "cache", "capacity")
 # The commands behind each kind, for messages.
 _COMMANDS = {
     "train": "train/distill",
@@ -40,6 +42,7 @@ _COMMANDS = {
     "sweep": "sweep",
     "compress": "compress",
     "cache": "cache-teacher",
+    "capacity": "capacity",
 }
 # What each kind writes at the top of its workdir (a foreign directory holding one of
 # these names is never written into: that would replace the user's file).
@@ -49,6 +52,7 @@ WRITES = {
     "sweep": ("sweep.json", "sweep.md"),
     "compress": ("compression.json", "compression.md", "compression.png"),
     "cache": ("cache.json", "teacher_outputs.array_record"),
+    "capacity": ("capacity.json", "capacity.md", "capacity.png"),
 }
 
 

@@ -1,0 +1,451 @@
+"""`distill-jax capacity`: how big should the student be?
+
+Every student size of `capacity.students` is trained alone and distilled, `capacity.seeds`
+seeds each (vmapped: one compiled step per size and setting):
+
+* `alone`: hard labels only;
+* `kd:<label>` for each of `capacity.teachers`: distilled from one checkpoint of the one
+  teacher (`latest`, `best` or `"epoch:N"`, an early-stopped teacher: Cho & Hariharan
+  2019);
+* `ta:<label>` for each of `capacity.assistants`: distilled from a teacher assistant of
+  that size, itself distilled from the `capacity.reference` teacher (Mirzadeh et al.
+  2020; assistants.py).
+
+The teacher is trained once in `<workdir>/teacher` (keeping the epochs the early-stopped
+teachers name), or read from `--teacher DIR` / `teacher.workdir`. Each training is an
+ordinary run in `<workdir>/<student>/<setting>/`, so the command resumes where it stopped.
+
+The report (`capacity.json`, `capacity.md`, `capacity.png`) gives accuracy (mean ± std)
+against parameters and measured latency, with the Pareto front marked, and two answers
+read from the measurements (`analyse`): the smallest student within `capacity.within`
+points of the teacher, and the size from which distillation stops helping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from distill_jax import config as config_lib
+from distill_jax.assistants import through_assistants
+from distill_jax.errors import ConfigError
+from distill_jax.evaluation import Evaluator
+from distill_jax.models import count_params
+from distill_jax.report import Stages, describe_meta, run_meta, write_outputs
+from distill_jax.train.loop import fit, load_data, load_teacher
+from distill_jax.train.workdir import claim
+
+ALONE = "alone"
+
+
+def settings(config: ml_collections.ConfigDict) -> list[str]:
+    """The settings every student size is trained in, in table order."""
+    c = config.capacity
+    others = sorted(t for t in c.teachers if t != c.reference)
+    return [ALONE, f"kd:{c.reference}", *(f"kd:{t}" for t in others)] + [
+        f"ta:{a}" for a in sorted(c.assistants)
+    ]
+
+
+def _student_config(
+    config: ml_collections.ConfigDict, model: dict[str, Any], seeds: int
+) -> ml_collections.ConfigDict:
+    """One student size, `seeds` vmapped seeds, the config's distillation settings."""
+    cfg = config_lib.to_dict(config)
+    cfg["student"]["model"] = dict(model)
+    cfg["vmap"] = {**config_lib.default_config()["vmap"], "students": seeds}
+    cfg["distill"]["assistants"] = []
+    return config_lib.from_dict(cfg)
+
+
+def _teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The teacher's config, keeping the ends of the epochs the early-stopped teachers name."""
+    cfg = config_lib.to_dict(config)
+    epochs = {config_lib.teacher_checkpoint_epoch(w) for w in config.capacity.teachers.values()}
+    cfg["checkpoint"]["keep_epochs"] = sorted(
+        set(cfg["checkpoint"]["keep_epochs"]) | (epochs - {None})
+    )
+    return config_lib.from_dict(cfg)
+
+
+def _record(result) -> dict[str, Any]:
+    """What the report keeps of one vmapped training: per-seed test accuracy, size, speed."""
+    students = result.students or [result.test]
+    accuracy = [float(s["accuracy"]) for s in students]
+    record = {
+        "accuracy": accuracy,
+        "mean": float(np.mean(accuracy)),
+        "std": float(np.std(accuracy, ddof=1)) if len(accuracy) > 1 else 0.0,
+        "params": int(result.test["params"]),
+        "latency_ms_per_example": float(result.test["latency_ms_per_example"]),
+        "latency_ms_batch1": float(result.test["latency_ms_batch1"]),
+        "workdir": result.workdir,
+    }
+    if "agreement" in result.test:
+        record["agreement"] = float(result.test["agreement"])
+    return record
+
+
+def capacity(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    teacher_dir: str | None = None,
+    students: Sequence[str] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Trains every student size in every setting and writes the report.
+
+    Args:
+        config: the validated config with a `capacity` section.
+        workdir: where every run lives; the report is written here.
+        teacher_dir: a finished teacher run to use (default: train one in
+            `<workdir>/teacher`).
+        students: a subset of `capacity.students` (default: all).
+        verbose: print a line per finished training and the final table.
+
+    Returns:
+        The report written to `capacity.json`.
+    """
+    started = time.time()
+    say = print if verbose else (lambda *a, **k: None)
+    c = config.capacity
+    all_students = c.students.to_dict() if hasattr(c.students, "to_dict") else dict(c.students)
+    if not all_students:
+        raise ConfigError("capacity.students is empty: list the student sizes to compare")
+    names = list(students or all_students)
+    unknown = [s for s in names if s not in all_students]
+    if unknown:
+        raise ConfigError(
+            f"unknown capacity student(s) {', '.join(unknown)}; valid: {', '.join(all_students)}"
+        )
+    rows = settings(config)
+    first = c.reference
+    claim(workdir, "capacity", config, reads={"--teacher": teacher_dir})
+    stages = Stages((teacher_dir is None) + len(c.assistants) + len(names) * len(rows), say)
+
+    if teacher_dir is None:
+        teacher_dir = os.path.join(workdir, "teacher")
+        fitted = fit(_teacher_config(config), teacher_dir, role="teacher", desc="teacher")
+        stages.done("teacher", fitted.test)
+    teachers = {
+        label: load_teacher(teacher_dir, which, what=f"teacher {label!r} ({which})")
+        for label, which in c.teachers.items()
+    }
+    main = teachers[first]
+    sources = {f"kd:{label}": t for label, t in teachers.items()}
+    for label, model in c.assistants.items():
+        cfg = _student_config(config, model, 1)
+        root = os.path.join(workdir, "assistants", label)
+        sources[f"ta:{label}"] = through_assistants(
+            cfg,
+            root,
+            main,
+            assistants=[model],
+            done=lambda _, test, label=label: stages.done(f"assistant {label}", test),
+        )
+
+    earlier = _read(os.path.join(workdir, "capacity.json")).get("results", {})
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        cfg = _student_config(config, all_students[name], c.seeds)
+        for setting in rows:
+            t0 = time.time()
+            result = fit(
+                cfg,
+                os.path.join(workdir, name, setting.replace(":", "_")),
+                role="student",
+                teacher=sources.get(setting),
+                compare_to=main,
+                desc=f"{name} {setting}",
+            )
+            record = _record(result)
+            before = earlier.get(name, {}).get(setting, {}).get("seconds", 0.0)
+            record["seconds"] = max(before, time.time() - t0)  # a resumed run keeps its time
+            results.setdefault(name, {})[setting] = record
+            stages.done(f"{name} {setting}", result.test)
+
+    data = load_data(config)
+
+    def held(teacher, label: str) -> dict[str, Any]:
+        """A teacher's (or assistant's) size and test accuracy at the checkpoint used."""
+        evaluator = Evaluator(teacher.model, batch_size=config.data.eval_batch_size)
+        return {
+            "label": label,
+            "step": teacher.identity["step"],
+            "checkpoint": teacher.identity.get("checkpoint", "latest"),
+            "params": int(count_params(teacher.variables["params"])),
+            "accuracy": float(evaluator(teacher.variables, data.test)["accuracy"]),
+            "workdir": teacher.identity["workdir"],
+        }
+
+    order = [first, *sorted(t for t in teachers if t != first)]
+    reference = {label: held(teachers[label], label) for label in order}
+    assistants = {label: held(sources[f"ta:{label}"], label) for label in c.assistants}
+    answers = analyse(
+        results, reference[first]["accuracy"], within=c.within, distilled=f"kd:{first}"
+    )
+    meta = run_meta(config.data.name, started, test_examples=len(data.test))
+    names.sort(key=lambda n: results[n][ALONE]["params"])  # the table runs small to large
+    results = {n: results[n] for n in names}
+    report = {
+        "reference": first,
+        "students": {n: all_students[n] for n in names},
+        "settings": rows,
+        "results": results,
+        "teachers": reference,
+        "assistants": assistants,
+        "answers": answers,
+        "seeds": c.seeds,
+        "within": c.within,
+        "meta": meta,
+    }
+    table = markdown(report) + "\n" + describe_meta(meta) + "\n"
+    write_outputs(workdir, "capacity", report, table, plot=lambda p: plot(report, p))
+    say("\n" + table)
+    return report
+
+
+def _read(path: str) -> dict[str, Any]:
+    """A JSON file an earlier command wrote, or {} (absent or unreadable)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which `(cost, accuracy)` points no other point beats: none is as cheap or cheaper
+    and as accurate or more, and strictly better in one of the two."""
+    return [
+        not any(
+            (c2 <= c and a2 >= a) and (c2 < c or a2 > a)
+            for j, (c2, a2) in enumerate(points)
+            if j != i
+        )
+        for i, (c, a) in enumerate(points)
+    ]
+
+
+def gain(distilled: dict[str, Any], alone: dict[str, Any]) -> dict[str, Any]:
+    """Distilled minus alone mean accuracy, its standard error (from the seeds' standard
+    deviations), and whether it helps: a gain larger than twice its standard error."""
+    diff = distilled["mean"] - alone["mean"]
+    se = math.sqrt(
+        distilled["std"] ** 2 / len(distilled["accuracy"])
+        + alone["std"] ** 2 / len(alone["accuracy"])
+    )
+    return {"gain": diff, "se": se, "helps": bool(diff > 0 and diff > 2 * se)}
+
+
+def analyse(
+    results: dict[str, dict[str, dict[str, Any]]],
+    teacher_accuracy: float,
+    *,
+    within: float,
+    distilled: str,
+) -> dict[str, Any]:
+    """The answers read from the measurements.
+
+    Args:
+        results: `{student: {setting: record}}` (records as `_record` writes them).
+        teacher_accuracy: the reference teacher's test accuracy (0-1).
+        within: points of accuracy (e.g. 1.0).
+        distilled: the setting compared with `alone` for "where distillation stops
+            helping" (the first teacher's `kd:` row).
+
+    Returns:
+        `pareto` (per cost, `[student, setting]` pairs on the front), `gains` (per
+        setting, per student, `gain`), `smallest_within` (per setting and `any`: the
+        smallest student whose mean is within `within` points of the teacher, or None),
+        `stops_helping` / `helps_up_to` (students, or None).
+    """
+    by_size = sorted(results, key=lambda n: results[n][ALONE]["params"])
+    cells = [(n, s) for n in by_size for s in results[n]]
+    pareto = {}
+    for cost in ("params", "latency_ms_per_example"):
+        flags = pareto_front([(results[n][s][cost], results[n][s]["mean"]) for n, s in cells])
+        pareto[cost] = [list(cell) for cell, f in zip(cells, flags, strict=True) if f]
+    settings_ = list(results[by_size[0]])
+    gains = {
+        s: {n: gain(results[n][s], results[n][ALONE]) for n in by_size}
+        for s in settings_
+        if s != ALONE
+    }
+    threshold = teacher_accuracy - within / 100
+
+    def smallest(cells_) -> list[str] | None:
+        ok = [
+            (results[n][s]["params"], -results[n][s]["mean"], n, s)
+            for n, s in cells_
+            if results[n][s]["mean"] >= threshold
+        ]
+        return list(min(ok)[2:]) if ok else None
+
+    within_of = {s: smallest([(n, s) for n in by_size]) for s in settings_}
+    within_of["any"] = smallest(cells)
+    helps = [gains[distilled][n]["helps"] for n in by_size] if distilled in gains else []
+    stop = next((i for i in range(len(helps)) if not any(helps[i:])), None)
+    return {
+        "pareto": pareto,
+        "gains": gains,
+        "smallest_within": within_of,
+        "distilled": distilled,
+        "stops_helping": None if stop is None else by_size[stop],
+        "helps_up_to": None
+        if not helps or stop == 0
+        else by_size[(len(helps) if stop is None else stop) - 1],
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _cell(record: dict[str, Any], star: bool, gained: dict[str, Any] | None) -> str:
+    text = f"{100 * record['mean']:.2f} ± {100 * record['std']:.2f}"
+    if gained is not None:
+        text += f" ({100 * gained['gain']:+.2f}{'' if gained['helps'] else ', n.s.'})"
+    return text + (" ★" if star else "")
+
+
+def answer_lines(report: dict[str, Any]) -> list[str]:
+    """The answers as sentences (README and the Markdown report)."""
+    a, results = report["answers"], report["results"]
+    within = report["within"]
+    first = report["teachers"][report["reference"]]
+    params = lambda n: f"{results[n][ALONE]['params']:,}"  # noqa: E731
+
+    def found(cell) -> str:
+        if cell is None:
+            return "none"
+        n, s = cell
+        return f"`{n}` ({params(n)} parameters, {100 * results[n][s]['mean']:.2f} %)"
+
+    per_setting = "; ".join(
+        f"`{s}` {found(cell)}" for s, cell in a["smallest_within"].items() if s != "any"
+    )
+    lines = [
+        f"- Smallest student within {within:g} point(s) of the teacher "
+        f"({100 * first['accuracy']:.2f} %): {found(a['smallest_within']['any'])}"
+        + (
+            f", as `{a['smallest_within']['any'][1]}`"
+            if a["smallest_within"]["any"] is not None
+            else ""
+        )
+        + f". By setting: {per_setting}."
+    ]
+    d = a["distilled"]
+    if a["stops_helping"] is None and a["helps_up_to"] is not None:
+        lines.append(f"- `{d}` beats training alone at every size measured.")
+    elif a["helps_up_to"] is None:
+        lines.append(f"- `{d}` does not beat training alone (by > 2 standard errors) at any size.")
+    else:
+        n = a["stops_helping"]
+        lines.append(
+            f"- `{d}` beats training alone up to `{a['helps_up_to']}` "
+            f"({params(a['helps_up_to'])} parameters); from `{n}` ({params(n)}) on it no "
+            f"longer does (gain {100 * a['gains'][d][n]['gain']:+.2f} ± "
+            f"{100 * a['gains'][d][n]['se']:.2f} points)."
+        )
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table (accuracy %, mean ± std over the seeds; the gain over `alone` in
+    brackets, `n.s.` when it is under two standard errors; ★ on the Pareto front of
+    accuracy against parameters), the teachers, and the answers."""
+    results, rows = report["results"], report["settings"]
+    front = {tuple(c) for c in report["answers"]["pareto"]["params"]}
+    gains = report["answers"]["gains"]
+    lines = [
+        f"| student | params | ms/example | {' | '.join(rows)} |",
+        "|---|---:|---:|" + "---:|" * len(rows),
+    ]
+    for n, by_setting in results.items():
+        alone = by_setting[ALONE]
+        cells = [
+            _cell(by_setting[s], (n, s) in front, None if s == ALONE else gains[s][n]) for s in rows
+        ]
+        lines.append(
+            f"| `{n}` | {alone['params']:,} | {alone['latency_ms_per_example']:.4f} "
+            f"| {' | '.join(cells)} |"
+        )
+    lines += [
+        "",
+        f"Test accuracy %, mean ± std over {report['seeds']} seed(s); "
+        "(gain over alone; n.s.: under 2 standard errors); ★: Pareto front "
+        "(accuracy vs parameters).",
+        "",
+    ]
+    for kind in ("teachers", "assistants"):
+        for label, t in report[kind].items():
+            lines.append(
+                f"- {kind[:-1]} `{label}` ({t['checkpoint']}, step {t['step']}): "
+                f"{t['params']:,} parameters, test accuracy {100 * t['accuracy']:.2f} %"
+            )
+    return "\n".join(lines + [""] + answer_lines(report)) + "\n"
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """Accuracy against parameters and against latency, one line per setting (error bars:
+    std over seeds), the teachers as horizontal lines, the Pareto front circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    names = sorted(results, key=lambda n: results[n][ALONE]["params"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    costs = (("params", "parameters"), ("latency_ms_per_example", "ms per example (measured)"))
+    for ax, (cost, label) in zip(axes, costs, strict=True):
+        for setting in report["settings"]:
+            x = [results[n][setting][cost] for n in names]
+            y = [100 * results[n][setting]["mean"] for n in names]
+            e = [100 * results[n][setting]["std"] for n in names]
+            ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=3, label=setting)
+        front = report["answers"]["pareto"][cost]
+        fx = [results[n][s][cost] for n, s in front]
+        fy = [100 * results[n][s]["mean"] for n, s in front]
+        order = np.argsort(fx)
+        ax.plot(np.asarray(fx)[order], np.asarray(fy)[order], "k:", lw=1)
+        ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="k", label="Pareto front")
+        for i, (t_label, t) in enumerate(report["teachers"].items()):
+            ax.axhline(
+                100 * t["accuracy"],
+                color=f"C{7 + i % 3}",
+                ls="--",
+                lw=1,
+                label=f"teacher {t_label} ({t['checkpoint']})",
+            )
+        ax.set(xscale="log", xlabel=label, ylabel="test accuracy %")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_title("Accuracy vs size")
+    axes[1].set_title("Accuracy vs speed")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = [
+    "ALONE",
+    "analyse",
+    "answer_lines",
+    "capacity",
+    "gain",
+    "markdown",
+    "pareto_front",
+    "plot",
+]
