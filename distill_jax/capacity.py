@@ -128,6 +128,8 @@ def capacity(
         )
     rows = settings(config)
     first = c.reference
+    data = load_data(config)  # (also fails early on a dataset that is not there)
+    names.sort(key=lambda n: _size(all_students[n], data.info))  # small to large
     claim(workdir, "capacity", config, reads={"--teacher": teacher_dir})
     stages = Stages((teacher_dir is None) + len(c.assistants) + len(names) * len(rows), say)
 
@@ -172,8 +174,6 @@ def capacity(
             results.setdefault(name, {})[setting] = record
             stages.done(f"{name} {setting}", result.test)
 
-    data = load_data(config)
-
     def held(teacher, label: str) -> dict[str, Any]:
         """A teacher's (or assistant's) size and test accuracy at the checkpoint used."""
         evaluator = Evaluator(teacher.model, batch_size=config.data.eval_batch_size)
@@ -193,8 +193,6 @@ def capacity(
         results, reference[first]["accuracy"], within=c.within, distilled=f"kd:{first}"
     )
     meta = run_meta(config.data.name, started, test_examples=len(data.test))
-    names.sort(key=lambda n: results[n][ALONE]["params"])  # the table runs small to large
-    results = {n: results[n] for n in names}
     report = {
         "reference": first,
         "students": {n: all_students[n] for n in names},
@@ -211,6 +209,19 @@ def capacity(
     write_outputs(workdir, "capacity", report, table, plot=lambda p: plot(report, p))
     say("\n" + table)
     return report
+
+
+def _size(model_cfg: dict[str, Any], info) -> int:
+    """A model's parameter count, from its shapes alone (nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill_jax.models import create_model
+
+    model = create_model(model_cfg, info.num_classes)
+    x = jnp.zeros((1, *info.image_shape), jnp.int32 if info.input_kind == "tokens" else jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+    return count_params(shapes["params"])
 
 
 def _read(path: str) -> dict[str, Any]:

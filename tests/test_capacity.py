@@ -203,6 +203,11 @@ def test_capacity_refusals_are_one_line(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="capacity.students is empty"):
         capacity_lib.capacity(empty, str(tmp_path / "b"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    from distill_jax.cli import main
+
+    args = ["capacity", "--workdir", str(tmp_path / "c"), "--students", "h4,h9"]
+    assert main([*args, *(f"--config.{o}" for o in tiny_overrides(data_dir, **base))]) == 2
+    assert not (tmp_path / "c").exists()
 
 
 def test_distill_through_a_chain_of_assistants_from_the_cli(
