@@ -22,14 +22,15 @@ from distill_jax.teachers import Teacher
 from distill_jax.train.loop import fit, load_teacher
 
 
-def assistant_config(
-    config: ml_collections.ConfigDict, model: dict[str, Any]
+def student_config(
+    config: ml_collections.ConfigDict, model: dict[str, Any], students: int = 1
 ) -> ml_collections.ConfigDict:
-    """The config that distils one assistant: the student's, with the assistant's model,
-    one model (no vmapped grid) and no further assistants."""
+    """The config that distils one model of a chain (an assistant, or one student size of
+    `capacity`): the student's, with `model`, `students` vmapped seeds (no other grid)
+    and no further assistants."""
     cfg = config_lib.to_dict(config)
     cfg["student"]["model"] = dict(model)
-    cfg["vmap"] = config_lib.default_config()["vmap"]
+    cfg["vmap"] = {**config_lib.default_config()["vmap"], "students": students}
     cfg["distill"]["assistants"] = []
     return config_lib.from_dict(cfg)
 
@@ -65,7 +66,7 @@ def through_assistants(
         workdir = assistant_dir(root, i, model)
         label = f"assistant {i}/{len(chain)} ({model['name']})"
         result = fit(
-            assistant_config(config, model),
+            student_config(config, model),
             workdir,
             role="student",
             teacher=teacher,
@@ -84,4 +85,4 @@ def through_assistants(
     return teacher
 
 
-__all__ = ["assistant_config", "assistant_dir", "through_assistants"]
+__all__ = ["assistant_dir", "student_config", "through_assistants"]

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from distill_jax import config as config_lib
-from distill_jax.assistants import through_assistants
+from distill_jax.assistants import student_config, through_assistants
 from distill_jax.errors import ConfigError
 from distill_jax.evaluation import Evaluator
 from distill_jax.models import count_params
@@ -52,17 +52,6 @@ def settings(config: ml_collections.ConfigDict) -> list[str]:
     return [ALONE, f"kd:{c.reference}", *(f"kd:{t}" for t in others)] + [
         f"ta:{a}" for a in sorted(c.assistants)
     ]
-
-
-def _student_config(
-    config: ml_collections.ConfigDict, model: dict[str, Any], seeds: int
-) -> ml_collections.ConfigDict:
-    """One student size, `seeds` vmapped seeds, the config's distillation settings."""
-    cfg = config_lib.to_dict(config)
-    cfg["student"]["model"] = dict(model)
-    cfg["vmap"] = {**config_lib.default_config()["vmap"], "students": seeds}
-    cfg["distill"]["assistants"] = []
-    return config_lib.from_dict(cfg)
 
 
 def _teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -144,7 +133,7 @@ def capacity(
     main = teachers[first]
     sources = {f"kd:{label}": t for label, t in teachers.items()}
     for label, model in c.assistants.items():
-        cfg = _student_config(config, model, 1)
+        cfg = student_config(config, model, 1)
         root = os.path.join(workdir, "assistants", label)
         sources[f"ta:{label}"] = through_assistants(
             cfg,
@@ -157,7 +146,7 @@ def capacity(
     earlier = _read(os.path.join(workdir, "capacity.json")).get("results", {})
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        cfg = _student_config(config, all_students[name], c.seeds)
+        cfg = student_config(config, all_students[name], c.seeds)
         for setting in rows:
             t0 = time.time()
             result = fit(
