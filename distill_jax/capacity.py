@@ -240,13 +240,14 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 def gain(distilled: dict[str, Any], alone: dict[str, Any]) -> dict[str, Any]:
     """Distilled minus alone mean accuracy, its standard error (from the seeds' standard
-    deviations), and whether it helps: a gain larger than twice its standard error."""
+    deviations), and whether it helps (a gain over twice its standard error) or hurts (a
+    loss over twice its standard error)."""
     diff = distilled["mean"] - alone["mean"]
     se = math.sqrt(
         distilled["std"] ** 2 / len(distilled["accuracy"])
         + alone["std"] ** 2 / len(alone["accuracy"])
     )
-    return {"gain": diff, "se": se, "helps": bool(diff > 0 and diff > 2 * se)}
+    return {"gain": diff, "se": se, "helps": bool(diff > 2 * se), "hurts": bool(-diff > 2 * se)}
 
 
 def analyse(
@@ -315,7 +316,8 @@ def analyse(
 def _cell(record: dict[str, Any], star: bool, gained: dict[str, Any] | None) -> str:
     text = f"{100 * record['mean']:.2f} ± {100 * record['std']:.2f}"
     if gained is not None:
-        text += f" ({100 * gained['gain']:+.2f}{'' if gained['helps'] else ', n.s.'})"
+        verdict = "" if gained["helps"] else ", worse" if gained["hurts"] else ", n.s."
+        text += f" ({100 * gained['gain']:+.2f}{verdict})"
     return text + (" ★" if star else "")
 
 
@@ -336,7 +338,7 @@ def answer_lines(report: dict[str, Any]) -> list[str]:
         f"`{s}` {found(cell)}" for s, cell in a["smallest_within"].items() if s != "any"
     )
     lines = [
-        f"- Smallest student within {within:g} point(s) of the teacher "
+        f"- Smallest student at most {within:g} point(s) below the teacher "
         f"({100 * first['accuracy']:.2f} %): {found(a['smallest_within']['any'])}"
         + (
             f", as `{a['smallest_within']['any'][1]}`"
@@ -384,7 +386,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Test accuracy %, mean ± std over {report['seeds']} seed(s); "
-        "(gain over alone; n.s.: under 2 standard errors); ★: Pareto front "
+        "(gain over alone; n.s.: under 2 standard errors; worse: a loss over 2); ★: Pareto "
+        "front "
         "(accuracy vs parameters).",
         "",
     ]

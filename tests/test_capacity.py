@@ -110,7 +110,7 @@ def test_analysis_reads_the_answers_from_the_measurements():
     a = capacity_lib.analyse(results, 0.955, within=1.0, distilled="kd:t")
     # kd gains: s +5 (helps), m +3 (helps), l -0.17, xl 0: it stops helping at "l".
     assert a["gains"]["kd:t"]["s"]["helps"] and a["gains"]["kd:t"]["m"]["helps"]
-    assert not a["gains"]["kd:t"]["l"]["helps"]
+    assert not a["gains"]["kd:t"]["l"]["helps"] and not a["gains"]["kd:t"]["l"]["hurts"]
     assert a["stops_helping"] == "l" and a["helps_up_to"] == "m"
     # Independent: se = sqrt(sd_k^2/3 + sd_a^2/3) with sd = 0.01 for both at "s".
     assert a["gains"]["kd:t"]["s"]["se"] == pytest.approx(np.sqrt(2 * 0.01**2 / 3))
@@ -127,6 +127,14 @@ def test_analysis_reads_the_answers_from_the_measurements():
         r["kd:t"] = _rec(r["alone"]["params"], [x + 0.05 for x in r["alone"]["accuracy"]])
     a = capacity_lib.analyse(results, 0.955, within=1.0, distilled="kd:t")
     assert a["stops_helping"] is None and a["helps_up_to"] == "xl"
+    for r in results.values():  # 5 points worse everywhere: it hurts
+        r["kd:t"] = _rec(r["alone"]["params"], [x - 0.05 for x in r["alone"]["accuracy"]])
+    assert all(
+        g["hurts"] and not g["helps"]
+        for g in capacity_lib.analyse(results, 0.99, within=1.0, distilled="kd:t")["gains"][
+            "kd:t"
+        ].values()
+    )
     for r in results.values():
         r["kd:t"] = dict(r["alone"])
     a = capacity_lib.analyse(results, 0.99, within=1.0, distilled="kd:t")
@@ -178,7 +186,11 @@ def test_capacity_trains_every_size_and_setting_and_resumes(data_dir, tmp_path, 
     for f in ("capacity.json", "capacity.md", "capacity.png"):
         assert os.path.getsize(os.path.join(workdir, f)) > 0
     md = open(os.path.join(workdir, "capacity.md")).read()
-    assert "| `h16` | 1,210 |" in md and "★" in md and "Smallest student within 1 point" in md
+    assert (
+        "| `h16` | 1,210 |" in md
+        and "★" in md
+        and "Smallest student at most 1 point(s) below" in md
+    )
     # The same command again trains nothing (every run is finished) and keeps the times.
     logs = {
         p: open(p).read()
