@@ -89,6 +89,8 @@ def test_events_mirror_the_metrics_log(tiny_config, tmp_path):
         assert all(v > 0 for v in scalars["train/examples_per_sec"].values())
         assert {"validation/accuracy", "validation/nll", "validation/ece"} <= scalars.keys()
         assert len(scalars["validation/accuracy"]) == 2  # two epochs
+        # Counts are no curves; a model's size is, once.
+        assert "test/count" not in scalars and "test/params" in scalars
     student = read_scalars(result.workdir)
     assert {"train/ce", "train/kd", "train/learning_rate", "train/loss"} <= student.keys()
     # The logged loss is the objective: alpha * CE + (the kd term's weight) * KD.

@@ -85,6 +85,19 @@ def likely_cause(metrics: dict[str, Any]) -> str:
     return "The student's update overflowed: lower the learning rate or set train.grad_clip"
 
 
+# Record keys that are no curve: counts, and (as `*_std` over vmapped students) what the
+# students share: their size and the speed measured once. Their means are still written.
+_NOT_CURVES = {"count", "n_seeds"}
+_CONSTANT = {
+    "count",
+    "params",
+    "flops_per_example",
+    "skipped_steps",
+    "latency_ms_per_example",
+    "latency_ms_batch1",
+}
+
+
 class Events:
     """TensorBoard event files in the run's directory (process 0, when `log.tensorboard`).
 
@@ -111,6 +124,8 @@ class Events:
         if self.writer is None:
             return
         for name, value in record.items():
+            if name in _NOT_CURVES or (name.endswith("_std") and name[:-4] in _CONSTANT):
+                continue
             values = value if isinstance(value, list | tuple) else [value]
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, int | float | np.number):
