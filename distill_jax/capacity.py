@@ -182,6 +182,9 @@ def capacity(
         results, reference[first]["accuracy"], within=c.within, distilled=f"kd:{first}"
     )
     meta = run_meta(config.data.name, started, test_examples=len(data.test))
+    # A command that only re-reads finished runs keeps the first command's wall time.
+    earlier_wall = _read(os.path.join(workdir, "capacity.json")).get("meta", {}).get("wall_time_s")
+    meta["wall_time_s"] = max(meta["wall_time_s"], earlier_wall or 0.0)
     report = {
         "reference": first,
         "students": {n: all_students[n] for n in names},
@@ -348,17 +351,33 @@ def answer_lines(report: dict[str, Any]) -> list[str]:
         + f". By setting: {per_setting}."
     ]
     d = a["distilled"]
-    if a["stops_helping"] is None and a["helps_up_to"] is not None:
+    gains = a["gains"].get(d, {})
+    helped = [n for n in results if gains.get(n, {}).get("helps")]
+
+    def gained(n: str) -> str:
+        return f"`{n}` ({100 * gains[n]['gain']:+.2f} ± {100 * gains[n]['se']:.2f})"
+
+    if gains and len(helped) == len(results):
         lines.append(f"- `{d}` beats training alone at every size measured.")
-    elif a["helps_up_to"] is None:
+    elif not helped:
         lines.append(f"- `{d}` does not beat training alone (by > 2 standard errors) at any size.")
     else:
+        lines.append(
+            f"- `{d}` beats training alone (by > 2 standard errors) at "
+            f"{', '.join(f'`{n}`' for n in helped)}; not at "
+            f"{', '.join(gained(n) for n in results if n not in helped)} (gain ± standard "
+            "error, points)."
+        )
+    if a["stops_helping"] is not None and a["helps_up_to"] is not None:
         n = a["stops_helping"]
         lines.append(
-            f"- `{d}` beats training alone up to `{a['helps_up_to']}` "
-            f"({params(a['helps_up_to'])} parameters); from `{n}` ({params(n)}) on it no "
-            f"longer does (gain {100 * a['gains'][d][n]['gain']:+.2f} ± "
-            f"{100 * a['gains'][d][n]['se']:.2f} points)."
+            f"- Distillation stops helping at `{n}` ({params(n)} parameters): it helps up to "
+            f"`{a['helps_up_to']}` ({params(a['helps_up_to'])}) and at no larger size."
+        )
+    elif a["stops_helping"] is None and helped:
+        lines.append(
+            "- Distillation does not stop helping within the sizes measured: it helps at "
+            f"the largest, `{next(reversed(results))}`."
         )
     return lines
 
@@ -430,7 +449,7 @@ def plot(report: dict[str, Any], path: str) -> None:
                 color=f"C{7 + i % 3}",
                 ls="--",
                 lw=1,
-                label=f"teacher {t_label} ({t['checkpoint']})",
+                label=f"teacher: {t_label} ({t['checkpoint']}), {100 * t['accuracy']:.1f} %",
             )
         ax.set(xscale="log", xlabel=label, ylabel="test accuracy %")
         ax.grid(alpha=0.3, which="both")

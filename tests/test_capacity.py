@@ -122,6 +122,12 @@ def test_analysis_reads_the_answers_from_the_measurements():
     }
     assert ["s", "kd:t"] in a["pareto"]["params"] and ["s", "alone"] not in a["pareto"]["params"]
     assert ["xl", "alone"] in a["pareto"]["params"]  # the most accurate (96.0 %)
+    report = {"answers": a, "results": results, "within": 1.0, "reference": "t"}
+    report["teachers"] = {"t": {"accuracy": 0.955}}
+    text = "\n".join(capacity_lib.answer_lines(report))
+    assert "at `s`, `m`; not at `l` (-0.17 ± 0.73), `xl` (+0.00 ± 0.82)" in text
+    assert "stops helping at `l` (1,000 parameters): it helps up to `m` (100)" in text
+    assert "at most 1 point(s) below the teacher (95.50 %): `l` (1,000 parameters, 95.00 %)" in text
     # A gain at every size: no stop; none anywhere: helps nowhere.
     for r in results.values():
         r["kd:t"] = _rec(r["alone"]["params"], [x + 0.05 for x in r["alone"]["accuracy"]])
