@@ -531,7 +531,8 @@ def model_card(card: dict[str, Any]) -> str:
     else:
         teacher_line = "none: trained alone"
     if distill and (teacher or spec.get("teacher_cache")):
-        losses = distill.get("losses") or {"kd": {"weight": 1.0}}
+        # No terms: Hinton's (1 - alpha) * KD (objective.py).
+        losses = distill.get("losses") or {"kd": {"weight": 1.0 - distill["alpha"]}}
         method = (
             f"alpha = {distill['alpha']:g} x task loss + "
             + " + ".join(f"{v.get('weight', 1.0):g} x {k}" for k, v in losses.items())

@@ -284,3 +284,31 @@ def test_bert_exports_give_hugging_face_s_logits(tmp_path):
     # The exported StableHLO, run by predict.py without distill_jax, gives them too.
     got, _ = _predict(paths["pooled"], script.INPUT_IDS, tmp_path)
     np.testing.assert_allclose(got, reference["pooled_logits"], rtol=1e-4, atol=2e-5)
+
+
+def test_the_model_card_states_the_objective_that_trained_the_student(
+    data_dir, student_run, tmp_path
+):
+    """Default terms: alpha * CE + (1 - alpha) * KD; explicit terms: their weights."""
+    teacher = load_teacher(student_run, what="teacher")
+    for losses, expected in (
+        ({}, "alpha = 0.3 x task loss + 0.7 x kd, T = 2"),
+        ({"kd": {"weight": 0.5}}, "alpha = 0.3 x task loss + 0.5 x kd, T = 2"),
+    ):
+        config = load_config(
+            None,
+            tiny_overrides(
+                data_dir,
+                **{
+                    "student.model": {"name": "mlp", "hidden": [8]},
+                    "student.train.epochs": 1,
+                    "distill.alpha": 0.3,
+                    "distill.temperature": 2.0,
+                    "distill.losses": losses,
+                },
+            ),
+        )
+        run = str(tmp_path / f"kd{len(losses)}")
+        fit(config, run, role="student", teacher=teacher)
+        export(run, str(tmp_path / f"out{len(losses)}"), evaluate=False)
+        assert expected in open(tmp_path / f"out{len(losses)}" / "README.md").read()
