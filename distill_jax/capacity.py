@@ -143,7 +143,8 @@ def capacity(
             done=lambda _, test, label=label: stages.done(f"assistant {label}", test),
         )
 
-    earlier = _read(os.path.join(workdir, "capacity.json")).get("results", {})
+    earlier_report = _read(os.path.join(workdir, "capacity.json"))
+    earlier = earlier_report.get("results", {})
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         cfg = student_config(config, all_students[name], c.seeds)
@@ -183,8 +184,8 @@ def capacity(
     )
     meta = run_meta(config.data.name, started, test_examples=len(data.test))
     # A command that only re-reads finished runs keeps the first command's wall time.
-    earlier_wall = _read(os.path.join(workdir, "capacity.json")).get("meta", {}).get("wall_time_s")
-    meta["wall_time_s"] = max(meta["wall_time_s"], earlier_wall or 0.0)
+    earlier_wall = earlier_report.get("meta", {}).get("wall_time_s") or 0.0
+    meta["wall_time_s"] = max(meta["wall_time_s"], earlier_wall)
     report = {
         "reference": first,
         "students": {n: all_students[n] for n in names},
