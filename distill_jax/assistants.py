@@ -26,11 +26,12 @@ def student_config(
     config: ml_collections.ConfigDict, model: dict[str, Any], students: int = 1
 ) -> ml_collections.ConfigDict:
     """The config that distils one model of a chain (an assistant, or one student size of
-    `capacity`): the student's, with `model`, `students` vmapped seeds (no other grid)
-    and no further assistants."""
+    `capacity`): the student's, with `model`, `students` vmapped seeds (no other grid,
+    the config's `vmap.by`) and no further assistants."""
     cfg = config_lib.to_dict(config)
     cfg["student"]["model"] = dict(model)
-    cfg["vmap"] = {**config_lib.default_config()["vmap"], "students": students}
+    by = cfg["vmap"]["by"]
+    cfg["vmap"] = {**config_lib.default_config()["vmap"], "students": students, "by": by}
     cfg["distill"]["assistants"] = []
     return config_lib.from_dict(cfg)
 

@@ -11,6 +11,12 @@ seeds each (vmapped: one compiled step per size and setting):
   that size, itself distilled from the `capacity.reference` teacher (Mirzadeh et al.
   2020; assistants.py).
 
+With `capacity.cache_views = N` (> 0) each teacher labels the training data once (N
+augmented views per example, a `cache-teacher` cache in `<workdir>/caches/<label>`) and
+the `kd:` rows read it instead of running the teacher at every step. `capacity.distilled`
+(a partial config) is merged into the distilled rows' configs only: a transfer set
+(augmented views, unlabelled text) that `alone`, with no teacher to label it, does not get.
+
 The teacher is trained once in `<workdir>/teacher` (keeping the epochs the early-stopped
 teachers name), or read from `--teacher DIR` / `teacher.workdir`. Each training is an
 ordinary run in `<workdir>/<student>/<setting>/`, so the command resumes where it stopped.
@@ -40,9 +46,12 @@ from distill_jax.evaluation import Evaluator
 from distill_jax.models import count_params
 from distill_jax.report import Stages, describe_meta, run_meta, write_outputs
 from distill_jax.train.loop import fit, load_data, load_teacher
+from distill_jax.train.teacher_cache import ensure_cache
 from distill_jax.train.workdir import claim
 
 ALONE = "alone"
+CACHES_DIR = "caches"
+"""`<workdir>/caches/<label>`: a teacher's cached outputs (`capacity.cache_views` > 0)."""
 
 
 def settings(config: ml_collections.ConfigDict) -> list[str]:
@@ -118,9 +127,15 @@ def capacity(
     rows = settings(config)
     first = c.reference
     data = load_data(config)  # (also fails early on a dataset that is not there)
+    distilled = config_lib.from_dict(config_lib.capacity_distilled(config_lib.to_dict(config)))
+    if c.cache_views:
+        load_data(distilled)  # (the transfer set's data too, before anything is written)
     names.sort(key=lambda n: _size(all_students[n], data.info))  # small to large
     claim(workdir, "capacity", config, reads={"--teacher": teacher_dir})
-    stages = Stages((teacher_dir is None) + len(c.assistants) + len(names) * len(rows), say)
+    cached = sorted(c.teachers) if c.cache_views else []
+    stages = Stages(
+        (teacher_dir is None) + len(cached) + len(c.assistants) + len(names) * len(rows), say
+    )
 
     if teacher_dir is None:
         teacher_dir = os.path.join(workdir, "teacher")
@@ -132,8 +147,13 @@ def capacity(
     }
     main = teachers[first]
     sources = {f"kd:{label}": t for label, t in teachers.items()}
+    caches = {}
+    for label in cached:
+        caches[f"kd:{label}"] = os.path.join(workdir, CACHES_DIR, label)
+        ensure_cache(distilled, teachers[label], caches[f"kd:{label}"], views=c.cache_views)
+        stages.done(f"teacher cache {label} ({c.cache_views} view(s) per example)", None)
     for label, model in c.assistants.items():
-        cfg = student_config(config, model, 1)
+        cfg = student_config(distilled, model, 1)
         root = os.path.join(workdir, "assistants", label)
         sources[f"ta:{label}"] = through_assistants(
             cfg,
@@ -147,8 +167,14 @@ def capacity(
     earlier = earlier_report.get("results", {})
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        cfg = student_config(config, all_students[name], c.seeds)
         for setting in rows:
+            cfg = student_config(
+                config if setting == ALONE else distilled, all_students[name], c.seeds
+            )
+            if setting in caches:
+                cfg = config_lib.from_dict(
+                    config_lib.to_dict(cfg), [f"distill.cache={caches[setting]!r}"]
+                )
             t0 = time.time()
             result = fit(
                 cfg,
@@ -196,6 +222,8 @@ def capacity(
         "answers": answers,
         "seeds": c.seeds,
         "within": c.within,
+        "cache_views": c.cache_views,
+        "distilled": config_lib.to_dict(config)["capacity"]["distilled"],
         "meta": meta,
     }
     table = markdown(report) + "\n" + describe_meta(meta) + "\n"
@@ -411,6 +439,19 @@ def markdown(report: dict[str, Any]) -> str:
         "(accuracy vs parameters).",
         "",
     ]
+    if report.get("cache_views"):
+        lines.append(
+            f"The distilled rows read each teacher's cached outputs ({report['cache_views']} "
+            "view(s) per example)."
+        )
+    if report.get("distilled"):
+        lines.append(
+            "The distilled rows (not `alone`) also set: "
+            + "; ".join(f"`{k} = {v!r}`" for k, v in _flat(report["distilled"]).items())
+            + "."
+        )
+    if report.get("cache_views") or report.get("distilled"):
+        lines.append("")
     for kind in ("teachers", "assistants"):
         for label, t in report[kind].items():
             lines.append(
@@ -418,6 +459,17 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{t['params']:,} parameters, test accuracy {100 * t['accuracy']:.2f} %"
             )
     return "\n".join(lines + [""] + answer_lines(report)) + "\n"
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` as `{"a.b": 1}`."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def plot(report: dict[str, Any], path: str) -> None:

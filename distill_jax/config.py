@@ -39,6 +39,7 @@ _FREE_KEYS = (
     "capacity.students",
     "capacity.teachers",
     "capacity.assistants",
+    "capacity.distilled",
 )
 
 
@@ -166,6 +167,15 @@ def default_config() -> dict[str, Any]:
             "assistants": {},
             "seeds": 3,  # vmapped students per size and setting
             "within": 1.0,  # points: "the smallest student within this of the teacher"
+            # 0: the distilled rows run the teacher online. N >= 1: each teacher's outputs
+            # are cached once (`cache-teacher`, N augmented views per example, in
+            # <workdir>/caches/<label>) and the `kd:` rows read them: the way to afford a
+            # large teacher (e.g. a fine-tuned BERT) over many student sizes.
+            "cache_views": 0,
+            # A partial config merged into the distilled rows' configs only (the `alone`
+            # rows keep the base config), e.g. a transfer set: augmented views and
+            # unlabelled text that only a teacher can label.
+            "distilled": {},
         },
         # Many students in one compiled step (jax.vmap), sharing each batch and one teacher
         # forward: `students` seeds (seed, seed+1, ...) x each listed alpha x temperature
@@ -507,6 +517,13 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["sweep"]["seeds"], "sweep.seeds")
     _validate_sweep(cfg["sweep"])
     _validate_capacity(cfg["capacity"])
+    if cfg["capacity"]["distilled"]:
+        try:
+            validate(capacity_distilled(cfg))
+        except ConfigError as e:
+            raise ConfigError(
+                f"capacity.distilled: {e}".replace(": capacity.distilled:", ":")
+            ) from None
     assistants = cfg["distill"]["assistants"]
     if not isinstance(assistants, list | tuple):
         raise ConfigError(f"distill.assistants lists model configs, got {assistants!r}")
@@ -637,6 +654,31 @@ def _validate_capacity(capacity: dict[str, Any]) -> None:
             )
     _positive(capacity["seeds"], "capacity.seeds")
     _positive(capacity["within"], "capacity.within")
+    views = capacity["cache_views"]
+    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+        raise ConfigError(
+            f"capacity.cache_views must be an integer >= 0 (0: the teacher online), got {views!r}"
+        )
+    if views and capacity["assistants"]:
+        raise ConfigError(
+            "capacity.cache_views caches the teachers' outputs, but the assistant rows "
+            "(capacity.assistants) distil online: use one or the other"
+        )
+
+
+def capacity_distilled(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config of a distilled capacity row: `cfg` with `capacity.distilled` merged in
+    (validated; unknown keys named as `capacity.distilled.<key>`)."""
+    merged = _to_plain(copy.deepcopy(dict(cfg)))
+    part = merged["capacity"]["distilled"]
+    merged["capacity"]["distilled"] = {}
+    if "capacity" in part:
+        raise ConfigError("capacity.distilled may not set the capacity section itself")
+    try:
+        merge_into(merged, part, prefix="")
+    except ConfigError as e:
+        raise ConfigError(f"capacity.distilled: {e}") from None
+    return merged
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -107,12 +107,13 @@ class Stages:
     def __init__(self, total: int, say: Callable[[str], Any]):
         self.total, self.say, self.done_count, self.clock = total, say, 0, time.time()
 
-    def done(self, label: str, test: dict[str, Any], extra: str = "") -> None:
+    def done(self, label: str, test: dict[str, Any] | None, extra: str = "") -> None:
+        """One finished stage; `test` None for a stage that evaluates nothing (a cache)."""
         self.done_count += 1
         now = time.time()
+        what = "done" if test is None else f"test accuracy {test['accuracy']:.4f}"
         self.say(
-            f"[{self.done_count}/{self.total}] {label}: test accuracy {test['accuracy']:.4f}"
-            f"{extra} ({now - self.clock:.0f} s)"
+            f"[{self.done_count}/{self.total}] {label}: {what}{extra} ({now - self.clock:.0f} s)"
         )
         self.clock = now
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_overrides
 
 from distill_jax import capacity as capacity_lib
+from distill_jax.assistants import student_config
 from distill_jax.config import load_config
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.train.checkpointing import Checkpointer
@@ -206,6 +207,79 @@ def test_capacity_trains_every_size_and_setting_and_resumes(data_dir, tmp_path, 
     assert {p: open(p).read() for p in logs} == logs
     for before, after in zip(_records(report), _records(report2), strict=True):
         assert after["accuracy"] == before["accuracy"] and after["seconds"] == before["seconds"]
+
+
+def test_capacity_distils_from_cached_teachers_on_a_transfer_set(data_dir, tmp_path, capsys):
+    """`capacity.cache_views`: each teacher labels the distilled rows' data once; the
+    `capacity.distilled` overrides (here: the augmentation the views come from) reach the
+    distilled rows only; `vmap.by` is kept."""
+    import json
+
+    overrides = tiny_overrides(
+        data_dir,
+        **{
+            "capacity.students": {"h8": {"name": "mlp", "hidden": [8]}},
+            "capacity.seeds": 2,
+            "capacity.cache_views": 2,
+            "capacity.distilled": {"student": {"train": {"translate": 2}}},
+            "vmap.by": "map",
+        },
+    )
+    config = load_config(None, overrides)
+    workdir = str(tmp_path / "cap")
+    report = capacity_lib.capacity(config, workdir)
+    out = capsys.readouterr().out
+    assert "[2/4] teacher cache teacher (2 view(s) per example): done" in out
+    cache = os.path.join(workdir, "caches", "teacher")
+    with open(os.path.join(cache, "cache.json")) as f:
+        meta = json.load(f)
+    assert meta["views"] == 2 and meta["dataset"]["split"] == "train"
+
+    def run_config(setting):
+        with open(os.path.join(workdir, "h8", setting, "config.json")) as f:
+            return json.load(f)
+
+    alone, kd = run_config("alone"), run_config("kd_teacher")
+    assert alone["distill"] is None and alone["train"]["translate"] == 0
+    assert kd["distill"]["cache"] == cache and kd["train"]["translate"] == 2
+    assert len(kd["students"]) == 2
+    assert student_config(config, {"name": "mlp"}, 2).vmap.by == "map"
+    assert report["cache_views"] == 2 and report["distilled"] == {
+        "student": {"train": {"translate": 2}}
+    }
+    md = open(os.path.join(workdir, "capacity.md")).read()
+    assert "read each teacher's cached outputs (2 view(s) per example)" in md
+    assert "`student.train.translate = 2`" in md
+    # Resumed: the cache is reused, not rewritten.
+    stamp = os.path.getmtime(os.path.join(cache, "cache.json"))
+    capacity_lib.capacity(config, workdir, verbose=False)
+    assert os.path.getmtime(os.path.join(cache, "cache.json")) == stamp
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"capacity.distilled": {"student": {"train": {"translat": 2}}}},
+            r"capacity.distilled: unknown config key 'student.train.translat' "
+            r"\(did you mean 'translate'\?\)",
+        ),
+        (
+            {"capacity.distilled": {"student": {"train": {"translate": -1}}}},
+            "capacity.distilled: student.train.translate",
+        ),
+        ({"capacity.distilled": {"capacity": {"seeds": 1}}}, "may not set the capacity"),
+        ({"capacity.cache_views": -1}, r"capacity.cache_views must be an integer >= 0"),
+        (
+            {"capacity.cache_views": 2, "capacity.assistants": {"a": {"name": "mlp"}}},
+            "assistant rows .* distil online: use one or the other",
+        ),
+    ],
+)
+def test_bad_capacity_transfer_settings_are_one_line(data_dir, extra, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, tiny_overrides(data_dir, **extra))
+    assert "\n" not in str(e.value)
 
 
 def _records(report):

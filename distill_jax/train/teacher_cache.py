@@ -225,6 +225,39 @@ def write_cache(
     return meta
 
 
+def ensure_cache(
+    config, teacher: Teacher, out_dir: str, *, views: int = 1, top_k: int = 0
+) -> float:
+    """The teacher's outputs on the training split of `config` (data, student augmentation
+    and seed), cached in `out_dir` unless a complete cache is already there (a command
+    that resumes reuses it; a run reading it checks that it fits).
+
+    Returns:
+        The seconds spent writing it (0.0 when it was reused).
+    """
+    import time
+
+    from distill_jax.train.inputs import load_data, make_task
+
+    if os.path.isfile(os.path.join(out_dir, META_FILE)):
+        return 0.0
+    started = time.time()
+    data = load_data(config)
+    write_cache(
+        teacher,
+        data.train,
+        out_dir,
+        split_name=config.data.train_split,
+        top_k=top_k,
+        views=views,
+        task=make_task(config, "student", data),
+        seed=config.seed,
+        batch_size=config.data.eval_batch_size,
+        progress=False,
+    )
+    return time.time() - started
+
+
 def _check_request(split, out_dir: str, top_k: int, views: int, task: Classification):
     """Refuses a cache request that cannot work, before anything is written."""
     num_classes = split.info.num_classes

@@ -40,8 +40,8 @@ from distill_jax import config as config_lib
 from distill_jax.config import import_file
 from distill_jax.errors import ConfigError, DistillError
 from distill_jax.report import atomic_write, atomic_write_with
-from distill_jax.train.loop import Variant, fit, load_data, load_teacher, make_task
-from distill_jax.train.teacher_cache import META_FILE, write_cache
+from distill_jax.train.loop import Variant, fit, load_teacher
+from distill_jax.train.teacher_cache import ensure_cache as write_or_reuse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 common = import_file(os.path.join(HERE, "common.py"))
@@ -125,24 +125,10 @@ def select(students: list[dict[str, Any]], val_acc: list[float]) -> dict[str, An
 def ensure_cache(kind: str, config, teacher, workdir: str, say) -> tuple[str, float]:
     """The teacher cache of one transfer set, written unless it is already complete."""
     out = os.path.join(workdir, "caches", kind)
-    if os.path.isfile(os.path.join(out, META_FILE)):
-        return out, 0.0
-    t0 = time.time()
-    data = load_data(config)
     views = 1 if kind == "kd" else common.VIEWS
-    write_cache(
-        teacher,
-        data.train,
-        out,
-        split_name=config.data.train_split,
-        views=views,
-        task=make_task(config, "student", data),
-        seed=config.seed,
-        batch_size=config.data.eval_batch_size,
-        progress=False,
-    )
-    seconds = time.time() - t0
-    say(f"cache {kind}: {len(data.train)} examples x {views} view(s) in {seconds:.0f} s")
+    seconds = write_or_reuse(config, teacher, out, views=views)
+    if seconds:
+        say(f"cache {kind}: {views} view(s) per example in {seconds:.0f} s")
     return out, seconds
 
 

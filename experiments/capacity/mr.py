@@ -1,0 +1,54 @@
+"""How big should a text student be on `mr`? experiments/text_cls's TextCNN, over sizes.
+
+Command (measured time in README.md):
+    distill-jax capacity --config experiments/capacity/mr.py --workdir runs/capacity/mr
+
+Teacher: experiments/text_cls's fine-tuned all-MiniLM-L6-v2 (84.8 % there), trained once.
+Students: Kim's TextCNN over the teacher's WordPiece ids, its embedding width and filter
+count scaled together from Kim's (128-d embeddings, 3/4/5 x 100 filters) down by 2x steps
+to 16-d x 12 filters, 10 epochs, 3 seeds each, trained
+
+* `alone`: hard labels on the labelled sentences (text_cls's `alone` row);
+* `kd:teacher`: the teacher's soft targets (alpha = 0, T = 2: text_cls's validation choice)
+  on text_cls's full transfer set: 4 augmented views of each sentence plus 4 of each of
+  the 3,697 unlabelled Amazon snippets, labelled once by the teacher (a teacher cache:
+  `capacity.cache_views`; text_cls's `kd_aug_unlabelled` row).
+"""
+
+import copy
+import os
+
+import ml_collections
+
+from distill_jax.config import import_file
+
+text_cls = import_file(os.path.join(os.path.dirname(__file__), "..", "text_cls", "common.py"))
+
+# (embedding width, filters per width): Kim's TextCNN and three halvings of both.
+SIZES = ((16, 12), (32, 25), (64, 50), (128, 100))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = text_cls.config("alone", "textcnn", "mr")
+    transfer = text_cls.config("kd_aug_unlabelled", "textcnn", "mr")
+    config["distill"] = {"alpha": 0.0, "temperature": text_cls.GRID["textcnn"]["temperature"][0]}
+    config["vmap"] = {"by": "map"}  # convolutions: one student after another is faster on CPU
+    config["capacity"] = {
+        "students": {
+            f"e{e}f{f}": {
+                **copy.deepcopy(text_cls.STUDENTS["textcnn"]),
+                "embedding_dim": e,
+                "num_filters": f,
+            }
+            for e, f in SIZES
+        },
+        "teachers": {"teacher": "latest"},
+        "reference": "teacher",
+        "seeds": 3,
+        "cache_views": text_cls.VIEWS,
+        "distilled": {
+            "student": {"train": {"token_augment": transfer["student"]["train"]["token_augment"]}},
+            "data": {k: transfer["data"][k] for k in ("unlabelled", "unlabelled_split")},
+        },
+    }
+    return ml_collections.ConfigDict(config)
