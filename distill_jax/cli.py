@@ -460,16 +460,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    width = max(len(k) for k in metrics)
+    robust_labels = [f"robust_accuracy[{r['attack']}]" for r in metrics.get("robust", ())]
+    width = max(len(k) for k in [*metrics, *robust_labels])
     for k, v in metrics.items():
         if k == "robust":  # one line per attack: its number and its settings
-            for r in v:
+            for r, label in zip(v, robust_labels, strict=True):
                 settings = ", ".join(
                     f"{name}={r[name]:.4g}" if isinstance(r[name], float) else f"{name}={r[name]}"
                     for name in r
                     if name not in ("attack", "robust_accuracy", "clean_accuracy", "count")
                 )
-                label = f"robust_accuracy[{r['attack']}]"
                 print(f"{label:<{width}}  {r['robust_accuracy']:.6g}  ({settings})")
             continue
         print(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
