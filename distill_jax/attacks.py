@@ -250,6 +250,12 @@ def fgsm(
     return AttackResult(x_adv_BX, wrong_B, loss_B)
 
 
+def pgd_step_size(eps: float, steps: int, step_size: float | None = None) -> float:
+    """PGD's step length: `step_size`, or by default 2.5 * eps / steps (Madry et al.'s
+    choice: the iterates can cross the ball's diameter and back)."""
+    return 2.5 * eps / steps if step_size is None else step_size
+
+
 def pgd(
     apply_fn: ApplyFn,
     variables: Any,
@@ -281,14 +287,13 @@ def pgd(
         key: PRNG key of the random starts (restart r uses `fold_in(key, r)`).
         eps: the radius of the `norm` ball, in input units.
         steps: gradient steps per run (>= 1).
-        step_size: step length; None: 2.5 * eps / steps (Madry et al.'s choice: the
-            iterates can travel the ball's diameter and back).
+        step_size: step length; None: `pgd_step_size`'s 2.5 * eps / steps.
         restarts: independent runs (>= 1).
         random_init: start from a random point of the ball (else from x itself).
         Others: as in `fgsm`.
     """
     _check_norm(norm)
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = pgd_step_size(eps, steps, step_size)
     loss_grad = _loss_grad(apply_fn, variables, ce_loss)
 
     def one_run(r):
@@ -441,7 +446,7 @@ def apgd(
         x_adv_BX = where_B(c["wrong_B"], c["x_wrong"], c["x_max"])
         loss_B, _, wrong_B = loss_grad(x_adv_BX, labels_B)
         trace_TB = jnp.concatenate([loss0_B[None], trace_TB])
-        return (x_adv_BX, c["wrong_B"] | wrong_B, loss_B), trace_TB
+        return (x_adv_BX, wrong_B, loss_B), trace_TB
 
     def restart(r, carry):
         best, traces_RTB = carry
@@ -501,23 +506,10 @@ class AttackSpec:
         out.update(steps=self.steps, restarts=self.restarts, random_start=self.random_start)
         out["seed"] = self.seed
         if self.name.startswith("pgd"):
-            out["step_size"] = (
-                2.5 * self.eps / self.steps if self.step_size is None else (self.step_size)
-            )
+            out["step_size"] = pgd_step_size(self.eps, self.steps, self.step_size)
         else:
             out["loss"] = self.loss
         return out
-
-    def label(self) -> str:
-        """A one-line label, e.g. `pgd linf eps=0.1 steps=20 restarts=1`."""
-        s = self.settings()
-        skip = ("attack", "norm", "eps", "random_start", "seed", "loss")
-        rest = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in s.items()
-            if k not in skip
-        )
-        return f"{self.name} {self.norm} eps={self.eps:g}" + (f" {rest}" if rest else "")
 
 
 def _number(value: Any, key: str) -> float:
@@ -727,6 +719,7 @@ __all__ = [
     "parse_attack",
     "parse_attacks",
     "pgd",
+    "pgd_step_size",
     "project",
     "random_start",
     "robust_accuracy",
