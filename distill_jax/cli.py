@@ -10,6 +10,7 @@
     distill-jax compress --config FILE --workdir DIR [--teacher TEACHER_DIR]
     distill-jax capacity --config FILE --workdir DIR [--teacher TEACHER_DIR] [--students ...]
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
+                         [--attack pgd,apgd_ce --eps 0.1 [--steps 20] [--restarts 1]]
 
 Multi-process (multi-host) runs: start the same command in every process with
 `--coordinator_address HOST:PORT --num_processes P --process_id I` (or none of them on a
@@ -123,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="also report agreement and KL against this teacher")
     p.add_argument("--split", default="test", choices=("test", "validation", "train"))
     p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    g = p.add_argument_group("robust accuracy (white-box attacks on the model's inputs)")
+    g.add_argument(
+        "--attack",
+        action="append",
+        help="fgsm, pgd, pgd_l2, apgd_ce or apgd_dlr; repeat or comma-separate for several",
+    )
+    g.add_argument("--eps", type=float, help="perturbation radius in input units (pixels: 0-1)")
+    g.add_argument("--steps", type=int, default=20, help="gradient steps (default: 20)")
+    g.add_argument("--step_size", type=float, help="PGD's step (default: 2.5 * eps / steps)")
+    g.add_argument("--restarts", type=int, default=1, help="random restarts (default: 1)")
+    g.add_argument("--attack_seed", type=int, default=0, help="seed of the random starts")
+    g.add_argument(
+        "--no_random_start", action="store_true", help="start PGD/APGD at the clean input"
+    )
 
     p = sub.add_parser(
         "export",
@@ -380,12 +395,43 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _attack_specs(args: argparse.Namespace) -> list:
+    """The attacks of `evaluate --attack ... --eps ...`, validated (ConfigError)."""
+    from distill_jax.attacks import ATTACKS, parse_attack
+
+    names = [n.strip() for a in args.attack or () for n in a.split(",")]
+    if not names:
+        if args.eps is not None or args.step_size is not None:
+            raise ConfigError(
+                f"--eps and --step_size set an attack: add --attack {{{','.join(ATTACKS)}}}"
+            )
+        return []
+    if args.eps is None:
+        raise ConfigError(f"--attack {','.join(names)} needs --eps (the perturbation radius)")
+    specs = []
+    for name in names:
+        entry = {
+            "name": name,
+            "eps": args.eps,
+            "steps": args.steps,
+            "restarts": args.restarts,
+            "seed": args.attack_seed,
+            "random_start": not args.no_random_start,
+        }
+        if args.step_size is not None and name.startswith("pgd"):
+            entry["step_size"] = args.step_size
+        specs.append(parse_attack(entry, f"--attack {name}"))
+    return specs
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from distill_jax import config as config_lib
+    from distill_jax.attacks import check_inputs, robust_accuracy
     from distill_jax.evaluation import Evaluator, model_summary
     from distill_jax.train import loop
     from distill_jax.train.inputs import load_run_split
 
+    specs = _attack_specs(args)
     run = loop.load_teacher(args.workdir, args.checkpoint, what="run")  # any run loads alike
     config_path = os.path.join(args.workdir, loop.CONFIG_FILE)
     with open(config_path) as f:
@@ -396,19 +442,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.teacher:
         teacher = loop.load_teacher(args.teacher)
         loop.check_teacher(teacher, split.info)
+    for spec in specs:
+        check_inputs(spec, split.info, f"--attack {spec.name}")
     evaluator = Evaluator(run.model, teacher=teacher, batch_size=eval_batch_size)
     metrics = evaluator(run.variables, split)
     metrics.update(model_summary(run.model, run.variables, split.info.image_shape))
     metrics["split"] = args.split
     metrics["step"] = run.identity["step"]
+    if specs:
+        metrics["robust"] = [
+            robust_accuracy(run.model.apply, run.variables, split, s, batch_size=eval_batch_size)
+            for s in specs
+        ]
     _print_metrics(metrics)
     _write_json(os.path.join(args.workdir, f"eval_{args.split}.json"), metrics)
     return 0
 
 
 def _print_metrics(metrics: dict) -> None:
-    width = max(len(k) for k in metrics)
+    robust_labels = [f"robust_accuracy[{r['attack']}]" for r in metrics.get("robust", ())]
+    width = max(len(k) for k in [*metrics, *robust_labels])
     for k, v in metrics.items():
+        if k == "robust":  # one line per attack: its number and its settings
+            for r, label in zip(v, robust_labels, strict=True):
+                settings = ", ".join(
+                    f"{name}={r[name]:.4g}" if isinstance(r[name], float) else f"{name}={r[name]}"
+                    for name in r
+                    if name not in ("attack", "robust_accuracy", "clean_accuracy", "count")
+                )
+                print(f"{label:<{width}}  {r['robust_accuracy']:.6g}  ({settings})")
+            continue
         print(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
 
 

@@ -221,6 +221,17 @@ def default_config() -> dict[str, Any]:
             "ece_bins": 15,
             "latency_batch_size": 256,
         },
+        # Robust accuracy under white-box attacks (attacks.py), measured on the test split
+        # at the end of training and written beside the test metrics (eval.json: a list
+        # under "robust", each number with the attack's settings). `distill-jax evaluate
+        # --attack NAME --eps E` measures a finished run the same way. Each entry:
+        # {"name": fgsm | pgd | pgd_l2 | apgd_ce | apgd_dlr (>= 3 classes),
+        #  "eps": the radius in model-input units (pixels scaled to [0, 1]; L-inf: < 1;
+        #         the L2 radius for pgd_l2), "steps": 20, "restarts": 1 (each example keeps
+        #  its worst), "step_size": None (PGD's 2.5 * eps / steps; APGD sets its own),
+        #  "random_start": True, "seed": 0}, e.g. [{"name": "pgd", "eps": 0.1}].
+        # Image datasets only (token ids are discrete). Empty: no attack.
+        "attack": {"attacks": []},
         "log": {
             "every_steps": 50,
             "progress": True,
@@ -549,6 +560,13 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg["eval"]["ece_bins"], "eval.ece_bins")
     _positive(cfg["log"]["every_steps"], "log.every_steps")
     _validate_compression(cfg["compression"])
+    _validate_attack(cfg["attack"])
+
+
+def _validate_attack(attack: dict[str, Any]) -> None:
+    from distill_jax.attacks import parse_attacks
+
+    parse_attacks(attack["attacks"], "attack.attacks")
 
 
 def _validate_token_augment(a: dict[str, Any], key: str) -> None:

@@ -21,6 +21,7 @@ import flax.linen as nn
 import ml_collections
 
 from distill_jax import faults
+from distill_jax.attacks import parse_attacks, robust_accuracy
 from distill_jax.errors import Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.report import summarize
@@ -178,6 +179,16 @@ def _test(run: Run, final: TrainState, skipped: int) -> FitResult:
         run.eval_model, each[0], info.image_shape, config.eval.latency_batch_size
     )
     tests = [{**t, **summary, "skipped_steps": skipped} for t in tests]
+    if config.attack.attacks:  # robust accuracy under each attack, settings beside it
+        specs = parse_attacks(config.attack.attacks)
+        batch = config.data.eval_batch_size
+        for t, v in zip(tests, each, strict=True):
+            t["robust"] = [
+                robust_accuracy(
+                    run.eval_model.apply, v, run.data.test, s, task=run.task, batch_size=batch
+                )
+                for s in specs
+            ]
     students = None
     if run.members is not None:
         students = [{**m, **t} for m, t in zip(run.members, tests, strict=True)]

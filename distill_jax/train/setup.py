@@ -33,6 +33,7 @@ import optax
 
 from distill_jax import config as config_lib
 from distill_jax import data as data_lib
+from distill_jax.attacks import check_inputs, parse_attacks
 from distill_jax.errors import ConfigError
 from distill_jax.models import create_model
 from distill_jax.objective import Objective
@@ -269,6 +270,8 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
     strategy = make_strategy(config.parallel.strategy)
     steps_per_epoch = _check_inputs(config, role, data, strategy)
     task = make_task(config, role, data)
+    for i, spec in enumerate(parse_attacks(config.attack.attacks)):  # robust test accuracy
+        check_inputs(spec, info, f"attack.attacks[{i}]")
     source = teacher_source(config, role, data, teacher, steps_per_epoch, task)
     model, eval_model = _models(config, role, info, strategy, variant)
     train_cfg = config[role].train
