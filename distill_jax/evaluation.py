@@ -28,30 +28,40 @@ Batch = dict[str, jax.Array]
 
 
 def make_eval_step(
-    model: nn.Module, task: Task, *, teacher_model: nn.Module | None = None
+    model: nn.Module, task: Task
 ) -> Callable[[Any, Any, Batch], dict[str, jax.Array]]:
-    """Builds `eval_step(variables, teacher_vars, batch) -> sums` for exact evaluation.
+    """Builds `eval_step(variables, teacher_logits, batch) -> sums` for exact evaluation.
 
     The step returns the task's *sums* over the unmasked rows of the batch (padding rows
     have `mask == False`), which the caller adds up over all batches in float64; for
     classification: `count`, `correct`, `nll`, the per-bin `ece_count`/`ece_conf`/
-    `ece_correct` (confidence histogram of the expected calibration error), and with a
-    teacher `agree` (top-1 agreement) and `kl` (KL(teacher || student) at T=1).
+    `ece_correct` (confidence histogram of the expected calibration error), and with the
+    teacher's logits on the batch (else None) `agree` (top-1 agreement) and `kl`
+    (KL(teacher || student) at T=1).
     """
 
-    def eval_step(variables: Any, teacher_vars: Any, batch: Batch) -> dict[str, jax.Array]:
-        inputs = task.prepare(batch["image"])
-        logits, _ = model.apply(variables, inputs, train=False)
-        teacher_logits = None
-        if teacher_model is not None:
-            teacher_logits, _ = teacher_model.apply(teacher_vars, inputs, train=False)
+    def eval_step(variables: Any, teacher_logits: Any, batch: Batch) -> dict[str, jax.Array]:
+        logits, _ = model.apply(variables, task.prepare(batch["image"]), train=False)
         return task.eval_sums(logits, batch["label"], batch["mask"], teacher_logits)
 
     return eval_step
 
 
+def make_teacher_step(teacher_model: nn.Module, task: Task) -> Callable[[Any, Batch], jax.Array]:
+    """`teacher_step(teacher_vars, batch) -> logits`: the teacher's side of the comparison."""
+
+    def teacher_step(teacher_vars: Any, batch: Batch) -> jax.Array:
+        return teacher_model.apply(teacher_vars, task.prepare(batch["image"]), train=False)[0]
+
+    return teacher_step
+
+
 class Evaluator:
     """Compiles one eval step for a model (and optional teacher) and reuses it.
+
+    The teacher's logits on a split are computed once and reused for every later call on
+    the same split (each of a run's vmapped students, each evaluation of a sweep): the
+    teacher is often the costliest part of an evaluation.
 
     Args:
         model: the model to evaluate (BatchNorm in inference mode, no pmap axis).
@@ -76,12 +86,11 @@ class Evaluator:
         self.batch_size = -(-batch_size // n) * n
         self.task = Classification() if task is None else task
         self.teacher = teacher
-        self._teacher_vars = None if teacher is None else self._replicate(teacher.variables)
-        self._step = jax.jit(
-            make_eval_step(
-                model, self.task, teacher_model=None if teacher is None else teacher.model
-            )
-        )
+        self._step = jax.jit(make_eval_step(model, self.task))
+        if teacher is not None:
+            self._teacher_vars = self._replicate(teacher.variables)
+            self._teacher_step = jax.jit(make_teacher_step(teacher.model, self.task))
+        self._teacher_logits: tuple[Any, list[jax.Array]] | None = None  # (split, per batch)
 
     def _replicate(self, tree: Any) -> Any:
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
@@ -96,11 +105,17 @@ class Evaluator:
         variables = self._replicate(variables)
         sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
         totals: dict[str, np.ndarray] = {}
-        for batch in data_lib.eval_batches(split, self.batch_size):
+        known = self._teacher_logits is not None and self._teacher_logits[0] is split
+        teacher_logits = self._teacher_logits[1] if known else []
+        for i, batch in enumerate(data_lib.eval_batches(split, self.batch_size)):
             batch = jax.device_put({k: batch[k] for k in ("image", "label", "mask")}, sharding)
-            sums = self._step(variables, self._teacher_vars, batch)
+            if self.teacher is not None and not known:
+                teacher_logits.append(self._teacher_step(self._teacher_vars, batch))
+            sums = self._step(variables, teacher_logits[i] if self.teacher else None, batch)
             for k, v in jax.device_get(sums).items():
                 totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+        if self.teacher is not None:
+            self._teacher_logits = (split, teacher_logits)
         return self.task.reduce(totals, with_teacher=self.teacher is not None)
 
 
