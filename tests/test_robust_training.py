@@ -365,3 +365,23 @@ def test_check_robust_refuses_token_ids_no_teacher_and_top_k_caches(tiny_config)
     full = CachedTeacher(None, None, 0, 1, 1, spec={"top_k": 0})
     assert check_robust(cfg, "student", images, full, task, 10).name == "ard"
     assert check_robust(tiny_config(), "student", tokens, NoTeacher(), task, 10).name is None
+
+
+def test_pmap_equals_jit_with_adversarial_inputs(data_dir, tmp_path):
+    """Each device attacks its own shard under pmap: the same x' as the jit-sharded step
+    (without a random start, whose draws differ per device by design)."""
+    extra = {
+        "teacher.train.robust.method": "pgd_at",
+        "teacher.train.robust.random_start": False,
+        "teacher.train.robust.steps": 3,
+        "teacher.train.epochs": 1,
+    }
+    got = {}
+    for strategy in ("jit", "pmap"):
+        cfg = load_config(
+            None, tiny_overrides(data_dir, **extra, **{"parallel.strategy": strategy})
+        )
+        got[strategy] = loop.fit(cfg, str(tmp_path / strategy), role="teacher").variables
+    leaves = zip(jax.tree.leaves(got["jit"]), jax.tree.leaves(got["pmap"]), strict=True)
+    for a, b in leaves:
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
