@@ -306,6 +306,7 @@ def _refused(capsys, code, *fragments):
         ("train", {"teacher.train.robust.steps": 0}, ["steps must be >= 1"]),
         ("train", {"student.train.robust.step_size": "big"}, ["number or None"]),
         ("train", {"teacher.train.robust.typo": 1}, ["unknown config key"]),
+        ("run", {"student.train.robust.method": "ard"}, ["trains the student alone"]),
         (
             "train",
             {"teacher.train.robust.method": "trades", "teacher.train.robust.random_start": False},
