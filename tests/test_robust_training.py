@@ -4,6 +4,7 @@ per-student adversarial inputs under vmap, and misuse refused before anything is
 """
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -386,3 +387,36 @@ def test_pmap_equals_jit_with_adversarial_inputs(data_dir, tmp_path):
     leaves = zip(jax.tree.leaves(got["jit"]), jax.tree.leaves(got["pmap"]), strict=True)
     for a, b in leaves:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------- experiments/robust_kd driver
+
+
+def test_robust_kd_driver_tiny(data_dir, tmp_path, monkeypatch):
+    """The experiment's driver on tiny MLPs and digits (the full experiment has not been
+    run): both teachers, student rows PGD-AT / KD / ARD / AdaAD, two attacks, the
+    table; resumable."""
+    from distill_jax.config import import_file
+
+    run = import_file(os.path.join(os.path.dirname(__file__), "..", "experiments/robust_kd/run.py"))
+    c = run.common
+    monkeypatch.setattr(c, "DATA", {"name": "digits", "data_dir": data_dir})
+    monkeypatch.setattr(c, "TEACHER", {"name": "mlp", "hidden": [32]})
+    monkeypatch.setattr(c, "STUDENT", {"name": "mlp", "hidden": [16]})
+    monkeypatch.setattr(c, "EPOCHS", {"teacher": 2, "student": 1})
+    monkeypatch.setattr(c, "EPS", 0.1)
+    monkeypatch.setattr(c, "STEPS", 2)
+    tiny_attacks = [{"name": "fgsm", "eps": 0.1}, {"name": "apgd_dlr", "eps": 0.1, "steps": 3}]
+    monkeypatch.setattr(c, "ATTACKS", tiny_attacks)
+    rows = ("pgd_at", "kd_robust", "ard", "adaad")
+    results = run.run(str(tmp_path / "rk"), rows=rows, seeds=1, say=lambda *a: None)
+    assert set(results["teachers"]) == {"standard", "pgd"} and list(results["rows"]) == list(rows)
+    for r in results["rows"].values():
+        assert set(r) == {"clean", "fgsm", "apgd_dlr"}
+        assert all(r[k][0] <= r["clean"][0] for k in r)
+    config = json.load(open(tmp_path / "rk" / "ard" / "seed_0" / "config.json"))
+    assert config["train"]["robust"]["method"] == "ard" and config["train"]["robust"]["eps"] == 0.1
+    table = (tmp_path / "rk" / "results.md").read_text()
+    assert "| ARD (Goldblum et al. 2020) |" in table and "apgd_dlr" in table
+    again = run.run(str(tmp_path / "rk"), rows=rows, seeds=1, say=lambda *a: None)
+    assert again["rows"] == results["rows"]
