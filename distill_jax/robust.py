@@ -275,17 +275,6 @@ class RobustMethod(NoPerturbation):
     #: "ce": the inner loss is the student's CE; else a KL with a Gaussian start.
     inner: ClassVar[str] = "ce"
 
-    @property
-    def spec(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "eps": self.eps,
-            "steps": self.steps,
-            "step_size": pgd_step_size(self.eps, self.steps, self.step_size),
-            "random_start": self.random_start,
-            **dict(self.hparams),
-        }
-
     def _start(self, key, x_BX):
         if not self.random_start:
             return x_BX

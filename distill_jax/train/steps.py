@@ -174,11 +174,12 @@ def make_update(
                 variables, inputs, train=True, rngs={"dropout": dropout_key}, mutable=mutable
             )
             student = {"logits": logits, "features": features}
-            for name, x_view in views.items():  # e.g. "adv": the adversarial inputs
-                if mutable:
+            for i, (name, x_view) in enumerate(views.items(), 1):  # "adv": x'
+                if mutable:  # both passes update the statistics, as the official loops do
                     variables["batch_stats"] = updates["batch_stats"]
+                rngs = {"dropout": jax.random.fold_in(dropout_key, i)}  # its own masks
                 (student[f"{name}_logits"], _), updates = model.apply(
-                    variables, x_view, train=True, rngs={"dropout": dropout_key}, mutable=mutable
+                    variables, x_view, train=True, rngs=rngs, mutable=mutable
                 )
             loss, terms, memory = objective(
                 trainable["methods"],
