@@ -122,9 +122,12 @@ def ard_loss(
         alpha * T^2 * KL(T(x)/T || S(x')/T) + (1 - alpha) * CE(S(x), y)
 
     with x' the student's own PGD maximiser of CE(S(x'), y) (uniform random start).
-    Defaults alpha = 1, T = 30: the official `main.py`'s. Difference: the official code
+    Defaults alpha = 1, T = 30: the official `main.py`'s. Differences: the official code
     reduces the KL with `nn.KLDivLoss()`'s element mean (divided by B * C); we take the
-    paper's per-example sum over classes (batchmean), C times larger."""
+    paper's per-example sum over classes (batchmean), C times larger. Its attack runs the
+    student in training mode (BatchNorm on batch statistics, running averages updated by
+    every attack step); ours runs it in inference mode, as TRADES', RSLAD's and AdaAD's
+    codes do, so x' does not depend on the rest of the batch."""
     teacher_BC = jax.lax.stop_gradient(teacher_BC)
     kl = masked_mean(kl_rows(teacher_BC, student_adv_BC, temperature), mask_B)
     ce = masked_mean(ce_rows(student_BC, labels_B), mask_B)
@@ -156,7 +159,10 @@ def iad_loss(
     epoch 60 of 200). Defaults alpha = 1, beta = 0.1, T = 1, inner maximisation CE of the
     student (ARD's): the official IAD-I script's. As there, the teacher term is not
     weighted by P_T^beta, the weight carries no gradient, and gradients flow through both
-    S(x) and S(x') of the introspection KL."""
+    S(x) and S(x') of the introspection KL. Differences: the official script switches the
+    introspection on at an epoch (`--begin 60` of 200), we at a fraction of the run's
+    steps; like ARD's, its attack runs the student in training mode, ours in inference
+    mode."""
     teacher_BC = jax.lax.stop_gradient(teacher_BC)
     log_pt_BC = jax.nn.log_softmax(to_float32(jax.lax.stop_gradient(teacher_adv_BC)), -1)
     trust_B = jnp.exp(beta * jnp.take_along_axis(log_pt_BC, labels_B[:, None], -1)[:, 0])
