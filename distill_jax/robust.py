@@ -485,6 +485,21 @@ def hparams_of(section: Mapping[str, Any], method: str) -> dict[str, float]:
     return {k: float(section[f"{method}_{k}"]) for k in DEFAULTS[method]}
 
 
+def check_trains_alone(config: Any, why: str) -> None:
+    """Refuses, before a multi-run command writes anything, a student robust method that
+    needs a teacher when the command also trains the student alone (`why` says where).
+
+    Raises:
+        ConfigError: one line.
+    """
+    method = config.student.train.robust.method
+    if method in TEACHER_METHODS:
+        raise ConfigError(
+            f"student.train.robust.method = {method} distils from a teacher, but {why}: "
+            f"use pgd_at / trades, or train + distill"
+        )
+
+
 def make_robust(section: Mapping[str, Any], total_steps: int = 0) -> NoPerturbation | RobustMethod:
     """The method of a validated `<role>.train.robust` section (`NoPerturbation` for None).
 
@@ -518,6 +533,7 @@ __all__ = [
     "adaad_loss",
     "ard_loss",
     "ce_rows",
+    "check_trains_alone",
     "default_section",
     "hparams_of",
     "iad_loss",

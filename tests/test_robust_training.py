@@ -309,6 +309,14 @@ def _refused(capsys, code, *fragments):
         ("train", {"teacher.train.robust.typo": 1}, ["unknown config key"]),
         ("run", {"student.train.robust.method": "ard"}, ["trains the student alone"]),
         (
+            "capacity",
+            {
+                "student.train.robust.method": "iad",
+                "capacity.students": {"h8": {"name": "mlp", "hidden": [8]}},
+            },
+            ["trains every student size"],
+        ),
+        (
             "train",
             {"teacher.train.robust.method": "trades", "teacher.train.robust.random_start": False},
             ["zero gradient at x"],
