@@ -428,3 +428,23 @@ def test_robust_kd_driver_tiny(data_dir, tmp_path, monkeypatch):
     assert "| ARD (Goldblum et al. 2020) |" in table and "apgd_dlr" in table
     again = run.run(str(tmp_path / "rk"), rows=rows, seeds=1, say=lambda *a: None)
     assert again["rows"] == results["rows"]
+
+
+def test_token_ids_are_refused_through_the_cli(data_dir, tmp_path, capsys):
+    load_split("mr", "test[:32]", data_dir)  # prepared first: its progress bars are not ours
+    capsys.readouterr()
+    workdir = tmp_path / "w"
+    extra = {
+        "data.name": "mr",
+        "data.train_split": "train[:64]",
+        "data.validation_split": "validation[:32]",
+        "data.test_split": "test[:32]",
+        "data.eval_batch_size": 32,
+        "teacher.model": {"name": "textcnn", "embedding_dim": 8, "num_filters": 4},
+        "teacher.train.batch_size": 32,
+        "teacher.train.translate": 0,
+        "teacher.train.robust.method": "pgd_at",
+    }
+    code = main(["train", "--workdir", str(workdir), *_cli_overrides(data_dir, **extra)])
+    _refused(capsys, code, "teacher.train.robust.method = pgd_at perturbs pixels", "token ids")
+    assert not workdir.exists()
