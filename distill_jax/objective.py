@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from distill_jax.errors import ConfigError
 from distill_jax.losses import LOSSES, METHODS, Method, topk_kd_loss
+from distill_jax.robust import NoPerturbation
 from distill_jax.tasks import Classification, Task
 
 # Arguments the pipeline supplies itself; a config may not set them.
@@ -112,6 +113,13 @@ class Objective:
     trained alone (`distilling=False`) has no terms and `alpha = 1`. Names and
     hyperparameters were validated with the config (`config.validate`).
 
+    A robust method (`robust.RobustMethod`, config `<role>.train.robust`) supplies the
+    task term instead of the plain CE: computed from the student's logits on the clean
+    and the adversarial inputs (`student["adv_logits"]`), logged under the method's name.
+    PGD-AT and TRADES replace CE inside the usual objective; the robust distillation
+    methods (ARD, IAD, RSLAD, AdaAD) are whole objectives with their own weights, so
+    `distill.losses` must then be empty and `alpha` is 1.
+
     Args:
         distill_cfg: the config's `distill` section (`alpha`, `temperature`, `losses`).
         student_features: the student's feature shapes (from `jax.eval_shape`), to check
@@ -121,6 +129,7 @@ class Objective:
         task: how logits meet labels (`tasks.Task`); default classification.
         label_smoothing: of the task loss.
         distilling: False for a model trained on labels alone.
+        robust: the robust method (default `NoPerturbation`: the plain task loss).
     """
 
     def __init__(
@@ -133,13 +142,22 @@ class Objective:
         task: Task | None = None,
         label_smoothing: float = 0.0,
         distilling: bool = True,
+        robust: NoPerturbation | None = None,
     ):
         self.task = Classification() if task is None else task
+        self.robust = NoPerturbation() if robust is None else robust
+        if self.robust.replaces_objective:  # a whole robust distillation objective
+            if distill_cfg.get("losses"):
+                raise ConfigError(
+                    f"distill.losses is set, but robust method {self.robust.name} is a whole "
+                    f"distillation objective (its own KL and CE weights): use one or the other"
+                )
+            distilling = False
         self.label_smoothing = float(label_smoothing)
         self.alpha = float(distill_cfg["alpha"]) if distilling else 1.0
         losses = dict(distill_cfg.get("losses") or {}) if distilling else {}
         # Hinton's objective; only it takes per-student alpha/temperature (`hparams`).
-        self.is_default = distilling and not losses
+        self.is_default = distilling and not losses and not self.robust.replaces_objective
         if self.is_default:
             losses = {
                 "kd": {
@@ -230,8 +248,17 @@ class Objective:
         mask = batch.get("mask")
         ce = self.task.loss(student["logits"], batch["label"], mask, self.label_smoothing)
         terms: dict[str, jax.Array] = {"ce": ce}
-        if teacher is None:
-            return ce, terms, dict(memory)
+        # A robust method's task term (on the adversarial inputs) replaces the plain CE.
+        task_loss, robust_terms = self.robust.task_loss(
+            student, teacher, batch["label"], mask, batch.get("step")
+        )
+        if task_loss is None:
+            task_loss = ce
+        else:
+            terms[self.robust.name] = task_loss
+        terms.update(robust_terms)
+        if teacher is None or not self.terms:
+            return task_loss, terms, dict(memory)
         alpha = hparams["alpha"] if hparams else self.alpha
         total = jnp.zeros((), jnp.float32)
         new_memory = dict(memory)
@@ -275,7 +302,7 @@ class Objective:
                     )
             terms[term.name] = value
             total = total + weight * value
-        return alpha * ce + total, terms, new_memory
+        return alpha * task_loss + total, terms, new_memory
 
     def check_cached_teacher(self, top_k: int) -> None:
         """Refuses terms that a teacher cache cannot feed (features; non-KD with top-k)."""

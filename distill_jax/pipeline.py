@@ -25,6 +25,7 @@ from distill_jax.report import (
     test_record,
     write_report,
 )
+from distill_jax.robust import check_trains_alone
 from distill_jax.train.loop import fit, load_data, load_teacher, read_metrics
 from distill_jax.train.workdir import claim
 
@@ -66,6 +67,7 @@ def run(
     seeds = config.run.seeds if seeds is None else seeds
     if seeds < 1:
         raise config_lib.ConfigError(f"--seeds must be >= 1, got {seeds}")
+    check_trains_alone(config, "`run` also trains the student alone (student_scratch)")
     t0 = time.time()
     data = load_data(config)  # fails early on a bad dataset
     claim(workdir, "run", config, overwrite=overwrite)

@@ -25,6 +25,7 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax.report import Stages, describe_meta, run_meta, write_outputs
+from distill_jax.robust import check_trains_alone
 from distill_jax.train.loop import fit, load_teacher
 from distill_jax.train.workdir import claim
 
@@ -94,6 +95,9 @@ def sweep(
         with open(config.sweep.published) as f:
             published = json.load(f)
 
+    alone = [m for m in methods if not all_methods[m].get("teacher", True)]
+    if alone:
+        check_trains_alone(config, f"sweep method {alone[0]} trains the student alone")
     claim(workdir, "sweep", config)
     runs, rows, test_examples = [], [], None
     stages = Stages(len(pairs) * (1 + len(methods) * seeds), say)

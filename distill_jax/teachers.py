@@ -11,12 +11,14 @@ step calls one through a single interface and never branches on which it is:
 * `CachedTeacher`: rows of a teacher cache (`train/teacher_cache.py`), full logits or
   top-k, for the view the cache stored for this epoch.
 
-A source has three parts:
+A source has four parts:
 
 * `arrays()`: what the step reads but never changes (teacher variables, cache arrays),
   placed on the devices once and passed to the step as `frozen["teacher"]`;
 * `augment_key(step, key)`: the key of the step's augmentation (a cache fixes it to the
   key of the stored view, so the student sees exactly the pixels the teacher saw);
+* `logits_fn(frozen)`: the teacher as a function of new inputs (online teacher only), for
+  robust distillation's adversarial inputs;
 * `__call__(frozen, inputs, index, step) -> (inputs, outputs)`: the teacher's outputs,
   `{"logits": (B, C), "features": {...}}` or `{"topk": (values, indices)}` or None, and
   the inputs the student trains on. A source that generates its own inputs (the on-policy
@@ -77,6 +79,13 @@ class TeacherSource:
         """The key of step `step`'s augmentation; `key` is the run's own for that step."""
         return key
 
+    def logits_fn(self, frozen: Any) -> Any:
+        """`x -> logits` of the teacher on inputs of the step's own making (robust
+        training's adversarial inputs), or None where the source cannot run the teacher
+        (no teacher, a cache). Differentiable in `x`; the teacher's variables are
+        constants of the step."""
+        return None
+
     def __call__(
         self, frozen: Any, inputs: jax.Array, index: jax.Array, step: jax.Array
     ) -> tuple[jax.Array, dict[str, Any] | None]:
@@ -102,6 +111,9 @@ class OnlineTeacher(TeacherSource):
 
     def arrays(self) -> Any:
         return self.teacher.variables
+
+    def logits_fn(self, frozen):
+        return lambda x: self.teacher.model.apply(frozen, x, train=False)[0]
 
     def __call__(self, frozen, inputs, index, step):
         logits, features = self.teacher.model.apply(frozen, inputs, train=False)

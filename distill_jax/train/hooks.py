@@ -26,7 +26,17 @@ from distill_jax.report import atomic_write
 from distill_jax.train.workdir import METRICS_FILE
 
 # Metrics that are not loss terms (the divergence message names the terms).
-_NOT_TERMS = ("loss", "grad_norm", "nonfinite", "learning_rate", "accuracy", "agreement")
+_NOT_TERMS = (
+    "loss",
+    "grad_norm",
+    "nonfinite",
+    "learning_rate",
+    "accuracy",
+    "agreement",
+    "adv_accuracy",
+    "adv_agreement",
+    "introspect",
+)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from distill_jax.errors import ConfigError
 from distill_jax.models import create_model
 from distill_jax.objective import Objective
 from distill_jax.parallel import Strategy, make_strategy
+from distill_jax.robust import NoPerturbation, make_robust
 from distill_jax.tasks import Task
 from distill_jax.teachers import CachedTeacher, NoTeacher, OnlineTeacher, Teacher, TeacherSource
 from distill_jax.train.checkpointing import Checkpointer
@@ -83,8 +84,12 @@ def build_objective(
     source: TeacherSource,
     input_shape: tuple[int, ...],
     num_data: int,
+    robust: NoPerturbation | None = None,
 ) -> tuple[Objective, Callable | None]:
     """The config's objective, checked against both models' features.
+
+    Args:
+        robust: the robust method (`check_robust`'s), None for plain training.
 
     Returns:
         `(objective, init_methods)`: `init_methods(key, student_variables)` initialises
@@ -93,7 +98,7 @@ def build_objective(
     """
     label_smoothing = config[role].train.label_smoothing
     distill_cfg = config.distill.to_dict()
-    common = dict(task=task, label_smoothing=label_smoothing, num_data=num_data)
+    common = dict(task=task, label_smoothing=label_smoothing, num_data=num_data, robust=robust)
     if not isinstance(source, OnlineTeacher):  # no teacher, or a cache: no features
         objective = Objective(distill_cfg, distilling=not isinstance(source, NoTeacher), **common)
         if isinstance(source, CachedTeacher):
@@ -264,6 +269,43 @@ def _check_label_free(config, role: str, objective: Objective, source: TeacherSo
             )
 
 
+def check_robust(
+    config, role: str, info, source: TeacherSource, task: Task, total_steps: int
+) -> NoPerturbation:
+    """The run's robust method (`<role>.train.robust`), refused where it cannot run: token
+    ids, no teacher for a distillation method, a teacher cache for a method that runs the
+    teacher on the adversarial inputs (or a top-k cache), unlabelled rows."""
+    section = config[role].train.robust
+    robust = make_robust(section.to_dict(), total_steps)
+    if robust.name is None:
+        return robust
+    key = f"{role}.train.robust.method = {robust.name}"
+    if info.input_kind != "image":
+        raise ConfigError(
+            f"{key} perturbs pixels, but {info.name} holds {info.input_kind} (token ids are "
+            f"discrete); robust training needs an image dataset"
+        )
+    if task.unlabelled:
+        raise ConfigError(f"{key} needs labels on every row; drop data.unlabelled")
+    if robust.needs_teacher and isinstance(source, NoTeacher):
+        raise ConfigError(
+            f"{key} distils from a teacher, and this {role} trains alone: pass --teacher "
+            f"DIR, or use pgd_at / trades"
+        )
+    if isinstance(source, CachedTeacher):
+        if robust.teacher_on_adv:
+            raise ConfigError(
+                f"{key} runs the teacher on the adversarial inputs, which distill.cache "
+                f"cannot label: use the online teacher (--teacher DIR), or ard / rslad"
+            )
+        if robust.needs_teacher and source.spec.get("top_k"):
+            raise ConfigError(
+                f"{key} needs the teacher's full logits; this cache keeps the top "
+                f"{source.spec['top_k']} only (cache-teacher --top_k 0 stores all)"
+            )
+    return robust
+
+
 def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, variant):
     """Everything about the run that can fail on bad input; writes nothing."""
     info = data.info
@@ -275,8 +317,10 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
     source = teacher_source(config, role, data, teacher, steps_per_epoch, task)
     model, eval_model = _models(config, role, info, strategy, variant)
     train_cfg = config[role].train
+    total_steps = int(train_cfg.epochs * steps_per_epoch)
+    robust = check_robust(config, role, info, source, task, total_steps)
     objective, init_methods = build_objective(
-        config, role, task, model, source, info.image_shape, len(data.train)
+        config, role, task, model, source, info.image_shape, len(data.train), robust
     )
     if task.unlabelled:
         _check_label_free(config, role, objective, source)
@@ -286,7 +330,7 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
         if config.vmap.alpha or config.vmap.temperature:
             raise ConfigError(
                 "vmap.alpha / vmap.temperature grids apply to the default KD objective; "
-                "distill.losses is set"
+                "distill.losses or a robust distillation method is set"
             )
     transforms = (scale_by_lr_scale(),) if members is not None else ()
     if variant is not None and members is None:  # vmapped students: no transforms

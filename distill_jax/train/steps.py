@@ -12,12 +12,14 @@ A step reads top-down, and each part belongs to one plug-in:
 1. *inputs* (the task): the batch (gathered on the device from the resident split when
    the batch is only indices) and its augmented training view;
 2. *teacher* (the teacher source): its outputs for that view, outside `value_and_grad`;
-3. *update*: the objective's loss, its gradients and the optimizer update (pruning masks,
-   per-student learning rates and the like are optimizer transforms, not step code).
+3. *update*: the robust method's inner maximisation (`robust.NoPerturbation`: none), the
+   objective's loss, its gradients and the optimizer update (pruning masks, per-student
+   learning rates and the like are optimizer transforms, not step code).
 
 With `students=Students(N)`, the state is N stacked states and (3) is `jax.vmap`-ed (or
 unrolled) over them, while (1) and (2) run once: one batch, one augmentation, one teacher
-forward for all N.
+forward for all N. Adversarial inputs are made inside (3), so each student attacks
+itself with its own parameters.
 """
 
 from __future__ import annotations
@@ -122,22 +124,45 @@ def make_update(
     objective: Objective,
     axis_name: str | None = None,
     schedule: optax.Schedule | None = None,
+    teacher: TeacherSource | None = None,
 ) -> Update:
-    """The student's update: `update(state, inputs, labels, index, teacher_out)`.
+    """The student's update: `update(state, inputs, labels, index, teacher_out, frozen)`.
 
-    The objective's loss and its gradients (teacher outputs arrive as inputs: no gradient
-    can reach the teacher), the optimizer update, and the divergence guard. Under pmap
+    The robust method's extra views of the batch (`objective.robust.views`: the
+    adversarial inputs x', made with the student's current parameters in inference mode
+    and under `stop_gradient`; none without a robust method), the teacher on them where
+    the method reads it, the objective's loss on the student's outputs for the batch and
+    each view, and its gradients (teacher outputs arrive as inputs: no gradient can reach
+    the teacher), the optimizer update, and the divergence guard. Under pmap
     (`axis_name`) gradients, metrics and BatchNorm statistics are averaged over devices.
+    `frozen` is the teacher source's arrays (for `teacher.logits_fn`).
     """
     task = objective.task
+    robust = objective.robust
+    teacher = NoTeacher() if teacher is None else teacher
 
-    def update(state: TrainState, inputs, labels, index, teacher_out):
+    def update(state: TrainState, inputs, labels, index, teacher_out, frozen=None):
         step_key = jax.random.fold_in(state.rng, state.step)
         _, dropout_key = jax.random.split(step_key)
         method_key = jax.random.fold_in(step_key, 2)  # CRD's negatives
-        if axis_name is not None:  # distinct dropout masks on each device
+        robust_key = jax.random.fold_in(step_key, 3)  # the inner maximisation's start
+        if axis_name is not None:  # distinct dropout masks and starts on each device
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-        method_batch = {"label": labels, "index": index, "mask": None}
+            robust_key = jax.random.fold_in(robust_key, jax.lax.axis_index(axis_name))
+        method_batch = {"label": labels, "index": index, "mask": None, "step": state.step}
+
+        # Robust training's inner maximisation, with the student's current parameters.
+        eval_variables = {"params": state.params}
+        if state.batch_stats:
+            eval_variables["batch_stats"] = state.batch_stats
+        student_fn = lambda x: model.apply(eval_variables, x, train=False)[0]  # noqa: E731
+        teacher_fn = teacher.logits_fn(frozen)
+        views = robust.views(student_fn, teacher_fn, inputs, labels, teacher_out, robust_key)
+        if robust.teacher_on_adv:
+            teacher_out = {
+                **teacher_out,
+                **{f"{v}_logits": jax.lax.stop_gradient(teacher_fn(x)) for v, x in views.items()},
+            }
 
         def loss_fn(trainable):
             variables = {"params": trainable["student"]}
@@ -148,21 +173,36 @@ def make_update(
             (logits, features), updates = model.apply(
                 variables, inputs, train=True, rngs={"dropout": dropout_key}, mutable=mutable
             )
+            student = {"logits": logits, "features": features}
+            for i, (name, x_view) in enumerate(views.items(), 1):  # "adv": x'
+                if mutable:  # both passes update the statistics, as the official loops do
+                    variables["batch_stats"] = updates["batch_stats"]
+                rngs = {"dropout": jax.random.fold_in(dropout_key, i)}  # its own masks
+                (student[f"{name}_logits"], _), updates = model.apply(
+                    variables, x_view, train=True, rngs=rngs, mutable=mutable
+                )
             loss, terms, memory = objective(
                 trainable["methods"],
                 state.memory,
-                {"logits": logits, "features": features},
+                student,
                 teacher_out,
                 method_batch,
                 method_key,
                 hparams=state.hparams,
             )
-            return loss, (logits, terms, updates.get("batch_stats", state.batch_stats), memory)
+            batch_stats = updates.get("batch_stats", state.batch_stats)
+            return loss, (student, terms, batch_stats, memory)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, terms, batch_stats, memory)), grads = grad_fn(state.trainable)
+        (loss, (student, terms, batch_stats, memory)), grads = grad_fn(state.trainable)
+        logits = student["logits"]
         teacher_top1 = None if teacher_out is None else top1(teacher_out)
         metrics = {"loss": loss, **terms, **task.train_metrics(logits, labels, teacher_top1)}
+        for name in views:  # e.g. adv_accuracy, adv_ce: the student on the view
+            view_logits = student[f"{name}_logits"]
+            view_metrics = task.train_metrics(view_logits, labels, teacher_top1)
+            view_metrics["ce"] = task.loss(view_logits, labels, None, 0.0)
+            metrics.update({f"{name}_{k}": v for k, v in view_metrics.items()})
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
@@ -227,7 +267,7 @@ def make_train_step(
     if isinstance(students, Students) and data_seed is None:
         raise ValueError("vmapped students share one augmentation: pass data_seed")
     fixed_data_key = None if data_seed is None else train_key(data_seed)
-    update = make_update(model, tx, objective, axis_name, schedule)
+    update = make_update(model, tx, objective, axis_name, schedule, teacher)
 
     def inputs(step, rng, frozen, batch):
         """The batch's training view, labels and example indices."""
@@ -244,6 +284,7 @@ def make_train_step(
         step = students.step_of(state)
         images, labels, index = inputs(step, students.rng_of(state), frozen, batch)
         images, teacher_out = teacher(frozen["teacher"], images, index, step)
-        return students.run(update, state, images, labels, index, teacher_out)
+        shared = (images, labels, index, teacher_out, frozen["teacher"])
+        return students.run(update, state, *shared)
 
     return train_step
