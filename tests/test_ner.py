@@ -109,3 +109,77 @@ def test_conll_missing_file(tmp_path, data_dir):
     directory = write_conll(tmp_path / "half", {"train.txt": GOOD["train.txt"]})
     with pytest.raises(DatasetError, match="needs train.txt, validation.txt, test.txt"):
         get_info(f"conll:{directory}", data_dir)
+
+
+# ------------------------------------------------------------------------------ task
+
+NAMES = ner.tag_names(["LOC", "ORG", "PER"])  # O B-LOC I-LOC B-ORG I-ORG B-PER I-PER
+
+
+def ids(*tags):
+    return np.asarray([NAMES.index(t) if t else -1 for t in tags], np.int32)
+
+
+def test_entity_scores_hand_worked():
+    """conlleval semantics, worked by hand. Gold entities: PER 0-1, LOC 3-5, ORG 7 (an
+    I- without a B- opens one), PER 9, LOC 10 (a type change inside a span opens a new
+    one): 5. Predicted: PER 0-1 (right), LOC 3-4 (wrong span), ORG 7 (right), PER 9-10
+    (wrong span): 4. P = 2/4, R = 2/5, F1 = 4/9. Positions with gold -1 (sub-tokens,
+    [CLS]) are left out of both sequences, whatever is predicted there."""
+    from distill_jax.tasks import entity_scores
+
+    gold = ids(
+        "", "B-PER", "", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O", "I-ORG", "O",
+        "B-PER", "I-LOC", "",
+    )  # fmt: skip
+    pred = ids(
+        "B-ORG", "B-PER", "B-ORG", "I-PER", "O", "B-LOC", "I-LOC", "O", "O", "B-ORG", "O",
+        "B-PER", "I-PER", "B-LOC",
+    )  # fmt: skip
+    scores = entity_scores([gold, ids("O", "")], [pred, ids("O", "B-PER")], NAMES)
+    assert scores["entity_precision"] == pytest.approx(0.5)
+    assert scores["entity_recall"] == pytest.approx(0.4)
+    assert scores["entity_f1"] == pytest.approx(4 / 9)
+    assert scores["entities"] == 5
+    assert scores["f1_PER"] == pytest.approx(0.5)  # 1 of 2 right each way
+    assert scores["f1_LOC"] == 0.0 and scores["f1_ORG"] == 1.0
+    nothing = entity_scores([ids("O", "O")], [ids("O", "O")], NAMES)
+    assert nothing["entity_f1"] == 0.0 and nothing["entities"] == 0
+
+
+def test_tagging_loss_and_kd_mask_tagged_positions():
+    """The task's CE and the objective's KD term on (B, L, C) logits average over the
+    tagged positions only (NumPy reference); padded rows of an eval batch drop out."""
+    import jax.numpy as jnp
+
+    from distill_jax.objective import Objective
+    from distill_jax.tasks import Tagging
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    t = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    labels = np.asarray([[-1, 0, 2, -1, -1], [-1, 1, -1, 3, -1], [-1, -1, -1, -1, -1]])
+    keep = labels >= 0
+    task = Tagging(tag_names=("O", "B-A", "I-A", "B-B"))
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    ce_ref = -log_softmax(s)[keep, labels[keep]].mean()
+    T = 2.0
+    lp_s, lp_t = log_softmax(s / T), log_softmax(t / T)
+    kd_ref = (T**2 * (np.exp(lp_t) * (lp_t - lp_s)).sum(-1))[keep].mean()
+    objective = Objective({"alpha": 0.5, "temperature": T, "losses": {}}, task=task)
+    batch = {"label": jnp.asarray(labels), "index": jnp.arange(3), "mask": None}
+    loss, terms, _ = objective({}, {}, {"logits": s}, {"logits": t}, batch, None)
+    np.testing.assert_allclose(terms["ce"], ce_ref, rtol=1e-5)
+    np.testing.assert_allclose(terms["kd"], kd_ref, rtol=1e-5)
+    np.testing.assert_allclose(loss, 0.5 * ce_ref + 0.5 * kd_ref, rtol=1e-5)
+    row_mask = jnp.asarray([True, False, False])
+    ce_row0 = task.loss(jnp.asarray(s), jnp.asarray(labels), row_mask, 0.0)
+    np.testing.assert_allclose(ce_row0, -log_softmax(s)[0, [1, 2], [0, 2]].mean(), rtol=1e-5)
+    metrics = task.train_metrics(jnp.asarray(s), jnp.asarray(labels), jnp.argmax(t, -1))
+    pred = s.argmax(-1)
+    np.testing.assert_allclose(metrics["accuracy"], (pred == labels)[keep].mean())
+    np.testing.assert_allclose(metrics["agreement"], (pred == t.argmax(-1))[keep].mean())
