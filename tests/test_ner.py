@@ -274,7 +274,7 @@ def test_ner_cli_tiny(data_dir, tmp_path):
     assert main(["train", "--config", f"{cfg}/teacher.py", "--workdir", teacher, *args]) == 0
     t_result = json.loads(open(os.path.join(teacher, "eval.json")).read())
     assert 0.0 <= t_result["entity_f1"] <= 1.0 and t_result["sentences"] == 48
-    command = ["distill", "--config", f"{cfg}/distill.py", "--teacher", teacher]
+    command = ["distill", "--config", f"{cfg}/bilstm_distill.py", "--teacher", teacher]
     assert main([*command, "--workdir", student, *args]) == 0
     result = json.loads(open(os.path.join(student, "eval.json")).read())
     for key in ("accuracy", "entity_f1", "entity_precision", "entity_recall", "agreement"):
@@ -284,6 +284,11 @@ def test_ner_cli_tiny(data_dir, tmp_path):
     records = [json.loads(line) for line in open(os.path.join(student, "metrics.jsonl"))]
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == 2 and all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in train)
+    # `evaluate` on the finished run gives the same entity metrics (same split, same task).
+    assert main(["evaluate", "--workdir", student, "--teacher", teacher]) == 0
+    again = json.loads(open(os.path.join(student, "eval_test.json")).read())
+    for key in ("accuracy", "entity_f1", "f1_person", "agreement", "count"):
+        assert again[key] == pytest.approx(result[key], abs=1e-6), key
 
 
 @pytest.mark.parametrize(
@@ -297,7 +302,7 @@ def test_sentence_model_on_tags_is_refused_before_writing(data_dir, tmp_path, ro
     from distill_jax.cli import main
 
     workdir = tmp_path / "run"
-    cfg = os.path.join(EXPERIMENT, "ner_kd", "student_alone.py")
+    cfg = os.path.join(EXPERIMENT, "ner_kd", "bert2_alone.py")
     args = tiny_ner(data_dir, **{f"{role}.model": model})
     command = ["train", "--role", role, "--config", cfg, "--workdir", str(workdir), *args]
     with pytest.raises(Exception, match=re.escape(message)):
@@ -326,3 +331,21 @@ def test_tagger_on_sentence_labels_is_refused(data_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "one per token" in err[0] and "sentence-level model" in err[0]
     assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_ner_driver_tiny(data_dir, tmp_path):
+    """experiments/ner_kd/run.py on tiny models, 2 seeds: every row of the table."""
+    from distill_jax.config import import_file
+
+    run = import_file(os.path.join(EXPERIMENT, "ner_kd", "run.py"))
+    overrides = [a[len("--config.") :] for a in tiny_ner(data_dir)]
+    overrides = [o for o in overrides if not o.startswith("student.model=")]
+    tiny_bert2 = {**TINY_BERT, "init_from": None}
+    settings = run.load_settings(overrides, {"bert2": tiny_bert2, "bilstm": TINY_LSTM})
+    results = run.run(settings, str(tmp_path / "run"), seeds=2, say=lambda *a: None)
+    assert set(results["runs"]) == {"teacher", *(f"{s}_{k}" for s in run.STUDENTS
+                                                 for k in ("alone", "distill"))}  # fmt: skip
+    assert all(len(v) == 2 for k, v in results["runs"].items() if k != "teacher")
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "BiLSTM tagger distilled" in table and " ± " in table
