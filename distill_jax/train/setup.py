@@ -274,7 +274,8 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
         check_inputs(spec, info, f"attack.attacks[{i}]")
     source = teacher_source(config, role, data, teacher, steps_per_epoch, task)
     model, eval_model = _models(config, role, info, strategy, variant)
-    check_task_fit(task, eval_model, None, info.image_shape, f"{role}.model")
+    if info.input_kind == "tokens":  # sentence- or token-level: image models never tag
+        check_task_fit(task, eval_model, None, info.image_shape, f"{role}.model")
     train_cfg = config[role].train
     objective, init_methods = build_objective(
         config, role, task, model, source, info.image_shape, len(data.train)
@@ -467,7 +468,7 @@ def setup(
         raise ConfigError("data.pipeline='device' needs the training split in memory")
     plan = _plan(config, role, seed, data, teacher, variant)
     for what, t in (("--teacher", teacher), ("the compared teacher", compare_to)):
-        if t is not None:
+        if t is not None and data.info.input_kind == "tokens":
             check_task_fit(plan["task"], t.model, t.variables, data.info.image_shape, what)
     spec = run_spec(
         config,
