@@ -349,3 +349,23 @@ def test_ner_driver_tiny(data_dir, tmp_path):
     assert all(len(v) == 2 for k, v in results["runs"].items() if k != "teacher")
     table = (tmp_path / "run" / "results.md").read_text()
     assert "BiLSTM tagger distilled" in table and " ± " in table
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"parallel.strategy": "pmap"}, "parallel.strategy 'pmap'"),
+        ({"data.length_bucket": 16}, "data.length_bucket"),
+        ({"student.train.token_augment.mask": 0.2}, "student.train.token_augment"),
+    ],
+)
+def test_unsupported_tagging_options_are_refused(data_dir, tmp_path, override, key):
+    from distill_jax.config import load_config
+    from distill_jax.errors import ConfigError
+    from distill_jax.train.loop import setup
+
+    cfg = os.path.join(EXPERIMENT, "ner_kd", "bilstm_alone.py")
+    overrides = [a[len("--config.") :] for a in tiny_ner(data_dir, **override)]
+    with pytest.raises(ConfigError, match=re.escape(key) + " is not supported for token"):
+        setup(load_config(cfg, overrides), str(tmp_path / "run"), role="student")
+    assert not (tmp_path / "run").exists()

@@ -386,6 +386,9 @@ def _check_tagging(config, role: str, info: data_lib.DatasetInfo, token_aug: boo
         "data.length_bucket": bool(config.data.length_bucket),
         "data.unlabelled": bool(config.data.unlabelled),
         "distill.cache": bool(config.distill.cache),
+        # Under pmap each device averages over its own tagged tokens and the means are
+        # averaged: not the global token mean when devices hold different numbers of tags.
+        "parallel.strategy 'pmap'": config.parallel.strategy == "pmap",
     }
     for key, used in unsupported.items():
         if used:
