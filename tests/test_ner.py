@@ -289,6 +289,12 @@ def test_ner_cli_tiny(data_dir, tmp_path):
     again = json.loads(open(os.path.join(student, "eval_test.json")).read())
     for key in ("accuracy", "entity_f1", "f1_person", "agreement", "count"):
         assert again[key] == pytest.approx(result[key], abs=1e-6), key
+    # `export` of the BERT tagger: a token classifier's config, its entity metrics.
+    out = str(tmp_path / "export")
+    assert main(["export", "--workdir", teacher, "--out", out]) == 0
+    hf = json.loads(open(os.path.join(out, "config.json")).read())
+    assert hf["architectures"] == ["BertForTokenClassification"]
+    assert "AutoModelForTokenClassification" in open(os.path.join(out, "README.md")).read()
 
 
 @pytest.mark.parametrize(
@@ -369,3 +375,60 @@ def test_unsupported_tagging_options_are_refused(data_dir, tmp_path, override, k
     with pytest.raises(ConfigError, match=re.escape(key) + " is not supported for token"):
         setup(load_config(cfg, overrides), str(tmp_path / "run"), role="student")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------ CRF
+
+
+def brute_force_crf(e, keep, trans, start, end):
+    """log Z, every sequence's score and the best sequence, by enumerating C^n tags."""
+    import itertools
+
+    positions = np.flatnonzero(keep)
+    if not len(positions):
+        return 0.0, {}, ()
+    scores = {}
+    for tags in itertools.product(range(e.shape[-1]), repeat=len(positions)):
+        s = (
+            start[tags[0]]
+            + end[tags[-1]]
+            + sum(e[p, t] for p, t in zip(positions, tags, strict=True))
+        )
+        s += sum(trans[a, b] for a, b in zip(tags[:-1], tags[1:], strict=True))
+        scores[tags] = s
+    values = np.asarray(list(scores.values()), np.float64)
+    log_z = values.max() + np.log(np.exp(values - values.max()).sum())
+    return log_z, scores, max(scores, key=scores.get)
+
+
+def test_crf_against_brute_force_enumeration():
+    """log Z, a sequence's score and the Viterbi path on tiny inputs (C = 3, L = 5) equal
+    exhaustive enumeration over the kept positions (gaps, a leading gap, no position)."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill_jax.losses.crf import crf_decode, crf_log_partition, crf_nll, crf_sequence_score
+
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(4, 5, 3))
+    trans, start, end = rng.normal(size=(3, 3)), rng.normal(size=3), rng.normal(size=3)
+    mask = np.asarray([[1, 1, 1, 1, 1], [0, 1, 1, 0, 1], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]], bool)
+    tags = rng.integers(0, 3, size=(4, 5))
+    args = [jnp.asarray(x, jnp.float32) for x in (trans, start, end)]
+    log_z = crf_log_partition(jnp.asarray(e, jnp.float32), mask, *args)
+    score = crf_sequence_score(jnp.asarray(e, jnp.float32), tags, mask, *args)
+    best = crf_decode(jnp.asarray(e, jnp.float32), mask, *args)
+    nll_rows = []
+    for b in range(4):
+        ref_z, scores, ref_best = brute_force_crf(e[b], mask[b], trans, start, end)
+        np.testing.assert_allclose(log_z[b], ref_z, rtol=1e-5, atol=1e-5)
+        kept = tuple(int(t) for t in tags[b][mask[b]])
+        np.testing.assert_allclose(score[b], scores.get(kept, 0.0), rtol=1e-5, atol=1e-5)
+        assert tuple(int(t) for t in np.asarray(best[b])[mask[b]]) == ref_best
+        assert (np.asarray(best[b])[~mask[b]] == -1).all()
+        if mask[b].any():
+            nll_rows.append(ref_z - scores[kept])
+    nll = crf_nll(jnp.asarray(e, jnp.float32), tags, mask, *args)
+    np.testing.assert_allclose(nll, np.mean(nll_rows), rtol=1e-5)
+    grads = jax.grad(lambda e: crf_nll(e, tags, mask, *args))(jnp.asarray(e, jnp.float32))
+    assert np.isfinite(np.asarray(grads)).all() and (np.asarray(grads)[~mask] == 0).all()
