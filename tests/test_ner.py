@@ -461,3 +461,27 @@ def test_every_logit_loss_runs_per_token_with_the_tag_mask():
         assert (np.asarray(grad)[~np.asarray(mask)] == 0).all(), name
         moved = fn(s.at[:, 0].set(100.0).at[2].set(-7.0), *args, mask_B=mask)
         np.testing.assert_allclose(float(moved), float(value), rtol=1e-5, err_msg=name)
+
+
+def test_report_table_leads_with_entity_f1_for_tagging():
+    from distill_jax.report import markdown_table
+
+    entry = {"params": 1e6, "test_accuracy": 0.9, "test_errors": 10, "n_seeds": 1}
+    plain = markdown_table({"results": {"teacher": entry}})
+    assert "entity F1" not in plain and "(tokens)" not in plain
+    table = markdown_table({"results": {"teacher": {**entry, "entity_f1": 0.4567}}})
+    assert "| entity F1 % | test acc % (tokens) |" in table and "| 1.00M | 45.67 | 90.00 |" in table
+
+
+@pytest.mark.slow
+def test_ner_run_command_tiny(data_dir, tmp_path):
+    """`distill-jax run` (teacher -> student alone, distilled -> report) on wnut16."""
+    from distill_jax.cli import main
+
+    workdir = str(tmp_path / "run")
+    cfg = os.path.join(EXPERIMENT, "ner_kd", "bilstm_distill.py")
+    args = tiny_ner(data_dir, **{"run.seeds": 1})
+    assert main(["run", "--config", cfg, "--workdir", workdir, *args]) == 0
+    report = json.loads(open(os.path.join(workdir, "report.json")).read())
+    assert all("entity_f1" in e for e in report["results"].values())
+    assert "entity F1 %" in open(os.path.join(workdir, "report.md")).read()
