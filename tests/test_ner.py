@@ -284,6 +284,8 @@ def test_ner_cli_tiny(data_dir, tmp_path):
     records = [json.loads(line) for line in open(os.path.join(student, "metrics.jsonl"))]
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == 2 and all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in train)
+    validation = [r for r in records if r["split"] == "validation"]
+    assert validation and all(0.0 <= r["entity_f1"] <= 1.0 for r in validation)
     # `evaluate` on the finished run gives the same entity metrics (same split, same task).
     assert main(["evaluate", "--workdir", student, "--teacher", teacher]) == 0
     again = json.loads(open(os.path.join(student, "eval_test.json")).read())
@@ -485,3 +487,65 @@ def test_ner_run_command_tiny(data_dir, tmp_path):
     report = json.loads(open(os.path.join(workdir, "report.json")).read())
     assert all("entity_f1" in e for e in report["results"].values())
     assert "entity F1 %" in open(os.path.join(workdir, "report.md")).read()
+
+
+def _tagging_steps(strategy_name, devices, data_dir, steps=3):
+    """A BiLSTM tagger distilled from a tiny BERT tagger for a few steps on wnut16."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill_jax.config import load_config
+    from distill_jax.models import create_model
+    from distill_jax.objective import Objective
+    from distill_jax.parallel import make_strategy
+    from distill_jax.tasks import Tagging
+    from distill_jax.teachers import OnlineTeacher, Teacher
+    from distill_jax.train.optim import make_optimizer
+    from distill_jax.train.state import create_train_state
+    from distill_jax.train.steps import frozen_inputs, make_train_step
+
+    split = load_split("wnut16", "train[:48]", data_dir)
+    C = split.info.num_classes
+    strategy = make_strategy(strategy_name, devices)
+    student = create_model(TINY_LSTM, C)
+    teacher = create_model(TINY_BERT, C)
+    teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 64), jnp.int32))
+    train_cfg = {"optimizer": "adam", "learning_rate": 1e-2, "epochs": 1}
+    cfg = load_config(os.path.join(EXPERIMENT, "ner_kd", "bilstm_distill.py"), [])
+    tx, _ = make_optimizer({**cfg.student.train.to_dict(), **train_cfg}, steps_per_epoch=3)
+    state = create_train_state(student, tx, (64,), seed=0)
+    objective = Objective(
+        {"alpha": 0.5, "temperature": 2.0, "losses": {}}, task=Tagging(split.info.class_names)
+    )
+    step = make_train_step(
+        student,
+        tx,
+        objective,
+        teacher=OnlineTeacher(Teacher(teacher, teacher_vars, {})),
+        axis_name=strategy.axis_name,
+    )
+    p_step = strategy.compile_step(step)
+    state = strategy.put_replicated(state)
+    frozen = frozen_inputs(strategy.put_replicated(teacher_vars))
+    losses = []
+    for i in range(steps):
+        rows = np.arange(16 * i, 16 * (i + 1))
+        batch = {"image": split.images[rows], "label": split.labels[rows], "index": rows}
+        state, metrics = p_step(state, frozen, strategy.put_batch(batch))
+        losses.append(float(np.mean(metrics["loss"])))
+    return np.array(losses), jax.device_get(strategy.get(state)).params
+
+
+def test_tagging_step_jit_sharded_matches_single_device_pmap_does_not(data_dir):
+    """The tagging step on 8 devices (jit, batch sharded) equals 1 device: losses and
+    parameters. Under pmap each device averages over its own tagged tokens, which is not
+    the global token mean (hence `parallel.strategy = "pmap"` is refused for tagging)."""
+    import jax
+
+    ref_loss, ref_params = _tagging_steps("jit", jax.devices()[:1], data_dir)
+    loss, params = _tagging_steps("jit", jax.devices(), data_dir)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    pmap_loss, _ = _tagging_steps("pmap", jax.devices(), data_dir, steps=1)
+    assert abs(pmap_loss[0] - ref_loss[0]) > 1e-4
