@@ -1,7 +1,7 @@
 """Shared settings of the NER distillation experiment (imported by its config files).
 
-NOT YET MEASURED: no number in this folder has been produced by a full run; the sizes
-and epochs below are a first guess at fitting the table into 45 minutes on 2 CPU cores.
+NOT YET MEASURED: no number in this folder has been produced by a full run; the epochs
+below (`EPOCHS`) are a first guess at fitting the table into 45 minutes on 2 CPU cores.
 
 Data: `wnut16` (WNUT-16 Twitter NER training split, hash split 80/10/10; 64 WordPiece
 tokens, a tag on each word's first sub-token; `distill_jax/data/ner.py`).
@@ -42,6 +42,12 @@ STUDENTS = {
     },
 }
 KD = {"weight": 0.5, "temperature": 2.0}
+EPOCHS = {"teacher": 3, "bert2": 3, "bilstm": 5}
+"""Unmeasured estimate, extrapolated from experiments/text_cls's measured 2-core times on
+`mr` (64 tokens: teacher ~32 sentences/s over 2 epochs, BERT-2 ~32/s, BiLSTM ~55/s, all
+including evaluation) to wnut16's 1,854 training tweets: teacher ~3 min, each BERT-2 run
+~3 min, each BiLSTM run ~3 min (x 6 runs each: alone and distilled, 3 seeds), plus the
+teacher forward of the distilled runs: ~40 min. Measure with `run.py` before trusting."""
 
 
 def base_config(student: str = "bert2") -> dict:
@@ -59,11 +65,21 @@ def base_config(student: str = "bert2") -> dict:
         "data": {"name": f"wnut16/len{SEQUENCE_LENGTH}", "eval_batch_size": 256},
         "teacher": {
             "model": copy.deepcopy(TEACHER),
-            "train": {**train, "epochs": 4, "learning_rate": 1e-4, "warmup_epochs": 0.5},
+            "train": {
+                **train,
+                "epochs": EPOCHS["teacher"],
+                "learning_rate": 1e-4,
+                "warmup_epochs": 0.5,
+            },
         },
         "student": {
             "model": copy.deepcopy(STUDENTS[student]),
-            "train": {**train, "epochs": 8, "learning_rate": student_lr, "warmup_epochs": 0.5},
+            "train": {
+                **train,
+                "epochs": EPOCHS[student],
+                "learning_rate": student_lr,
+                "warmup_epochs": 0.5,
+            },
         },
         "distill": {"alpha": 1.0, "temperature": 2.0, "losses": {}},
         "eval": {"every_epochs": 1, "latency_batch_size": 64},
