@@ -54,6 +54,13 @@ def test_wnut16_counts_and_splits(data_dir):
     # The hash split is a function of the text alone: deterministic, and no tweet in two.
     texts = {k: {s.text for s in v} for k, v in splits.items()}
     assert not texts["train"] & texts["test"] and not texts["validation"] & texts["test"]
+    # Each record keeps its words and their tags; the tags on first sub-tokens are them.
+    source = ner.Wnut16(data_dir=data_dir).as_data_source("test")
+    for i in (0, 100, 206):
+        record = source[i]
+        words = record["text"].decode().split(" ")
+        assert len(record["word_tags"]) == len(words)
+        np.testing.assert_array_equal(test.labels[i][test.labels[i] >= 0], record["word_tags"])
     # Prepared afresh elsewhere: the same arrays.
     again = load_split("wnut16", "test", os.path.join(data_dir, "again"))
     np.testing.assert_array_equal(again.images, test.images)

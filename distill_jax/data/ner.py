@@ -9,7 +9,10 @@ A tagging example holds
   one per WordPiece position: the word's tag on the *first* sub-token of each word, -1 on
   every other position ([CLS], [SEP], padding, a word's later sub-tokens), which the
   `Tagging` task leaves out of its loss and metrics;
-* `text`: the words joined by single spaces (no word holds whitespace).
+* `text`: the words joined by single spaces (no word holds whitespace);
+* `word_tags`: the tag of every word (a variable-length `Sequence` of the same
+  `ClassLabel`), including the words that got no position, so the word-level source is
+  kept whole.
 
 A word the tokenizer turns into no token at all (a zero-width character on its own) and
 the words past the length limit get no position; their tags are lost (the builders
@@ -244,6 +247,9 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         tfds.features.ClassLabel(names=list(self.names())), length=length
                     ),
                     "text": tfds.features.Text(),
+                    "word_tags": tfds.features.Sequence(
+                        tfds.features.ClassLabel(names=list(self.names()))
+                    ),
                 }
             ),
             supervised_keys=("input_ids", "tags"),
@@ -265,7 +271,15 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, sentences, aligned):
         for i, sentence in enumerate(sentences):
-            yield i, {"input_ids": aligned.ids[i], "tags": aligned.tags[i], "text": sentence.text}
+            yield (
+                i,
+                {
+                    "input_ids": aligned.ids[i],
+                    "tags": aligned.tags[i],
+                    "text": sentence.text,
+                    "word_tags": list(sentence.tags),
+                },
+            )
 
 
 WNUT16_TYPES = (
