@@ -444,7 +444,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         loop.check_teacher(teacher, split.info)
     for spec in specs:
         check_inputs(spec, split.info, f"--attack {spec.name}")
-    evaluator = Evaluator(run.model, teacher=teacher, batch_size=eval_batch_size)
+    task = None  # classification; a tag per token (NER) is evaluated by its task
+    if split.info.per_token:
+        from distill_jax.tasks import Tagging
+
+        task = Tagging(tag_names=split.info.class_names)
+    evaluator = Evaluator(run.model, task=task, teacher=teacher, batch_size=eval_batch_size)
     metrics = evaluator(run.variables, split)
     metrics.update(model_summary(run.model, run.variables, split.info.image_shape))
     metrics["split"] = args.split

@@ -513,6 +513,12 @@ def validate(cfg: dict[str, Any]) -> None:
             f"data.shuffle_seed must be >= 0 (or -1), got {cfg['data']['shuffle_seed']}"
         )
     _positive(cfg["data"]["length_bucket"], "data.length_bucket", allow_zero=True)
+    name = cfg["data"]["name"]
+    if isinstance(name, str) and name.startswith("conll:"):  # your NER files (data/ner.py)
+        # An absolute directory, so that a run's config.json names the same files from any
+        # working directory (evaluate, export, resume).
+        directory = os.path.abspath(os.path.expanduser(name[len("conll:") :]))
+        cfg["data"]["name"] = f"conll:{directory}"
     if cfg["data"]["length_bucket"] and cfg["data"]["pipeline"] in ("device", "stream"):
         raise ConfigError(
             "data.length_bucket cuts each batch on the host from the split in memory: set "

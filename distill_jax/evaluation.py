@@ -3,7 +3,9 @@
 Evaluation is exact: the last batch is padded and masked, so every example counts once.
 Metrics: top-1 accuracy, negative log-likelihood, expected calibration error (ECE, equal-
 width confidence bins, Guo et al. 2017), and against a teacher: top-1 agreement and
-KL(teacher || student) at T=1.
+KL(teacher || student) at T=1. Token classification (`tasks.Tagging`) reports them per
+tagged token, plus entity-level precision / recall / F1 from the tag sequences the task
+collects per example (`Task.row_keys`).
 """
 
 from __future__ import annotations
@@ -105,15 +107,21 @@ class Evaluator:
         variables = self._replicate(variables)
         sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
         totals: dict[str, np.ndarray] = {}
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in self.task.row_keys}
         known = self._teacher_logits is not None and self._teacher_logits[0] is split
         teacher_logits = self._teacher_logits[1] if known else []
         for i, batch in enumerate(data_lib.eval_batches(split, self.batch_size)):
+            keep = np.asarray(batch["mask"], bool)
             batch = jax.device_put({k: batch[k] for k in ("image", "label", "mask")}, sharding)
             if self.teacher is not None and not known:
                 teacher_logits.append(self._teacher_step(self._teacher_vars, batch))
             sums = self._step(variables, teacher_logits[i] if self.teacher else None, batch)
             for k, v in jax.device_get(sums).items():
-                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+                if k in rows:  # per-example rows (a tagging task's tag sequences)
+                    rows[k].append(np.asarray(v)[keep])
+                else:
+                    totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+        totals.update({k: np.concatenate(v) for k, v in rows.items() if v})
         if self.teacher is not None:
             self._teacher_logits = (split, teacher_logits)
         return self.task.reduce(totals, with_teacher=self.teacher is not None)

@@ -372,7 +372,12 @@ def _evaluate(model, variables, spec, data_dir, input_shape) -> dict[str, Any]:
 
     split = load_run_split(spec, "test", data_dir)
     batch_size = from_dict({"data": spec["data"]}).data.eval_batch_size
-    metrics = Evaluator(model, batch_size=batch_size)(variables, split)
+    task = None  # classification; a tag per token (NER) has its own metrics
+    if split.info.per_token:
+        from distill_jax.tasks import Tagging
+
+        task = Tagging(tag_names=split.info.class_names)
+    metrics = Evaluator(model, task=task, batch_size=batch_size)(variables, split)
     metrics.update(model_summary(model, variables, input_shape, 64))
     metrics["examples"] = len(split)
     return metrics
@@ -605,7 +610,13 @@ def model_card(card: dict[str, Any]) -> str:
         "`module.apply(variables, inputs, train=False)`.",
     ]
     if section["layout"] == "hf_bert":
-        if model.get("head_input", "pooled") == "pooled":
+        if model.get("head_input") == "tokens":
+            lines.append(
+                "* With transformers: `AutoModelForTokenClassification.from_pretrained(DIR)` "
+                "should give the same per-token logits (its architecture; not yet checked "
+                "against transformers for a tagger)."
+            )
+        elif model.get("head_input", "pooled") == "pooled":
             lines.append(
                 "* With transformers: `AutoModelForSequenceClassification.from_pretrained(DIR)` "
                 "gives the same logits."

@@ -260,6 +260,9 @@ class Objective:
         if teacher is None or not self.terms:
             return task_loss, terms, dict(memory)
         alpha = hparams["alpha"] if hparams else self.alpha
+        # What the logit terms average over: the row mask, or a token-level task's tagged
+        # positions (then the terms see (B, L, C) logits and a (B, L) mask).
+        mask = self.task.term_mask(batch["label"], mask)
         total = jnp.zeros((), jnp.float32)
         new_memory = dict(memory)
         for i, term in enumerate(self.terms):

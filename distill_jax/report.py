@@ -119,16 +119,22 @@ class Stages:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The report's entries as a Markdown table (accuracy and agreement in %)."""
+    """The report's entries as a Markdown table (accuracy and agreement in %); for token
+    classification (entries with `entity_f1`) the entity F1 first, accuracy, errors,
+    agreement and KL then per tagged token."""
+    tagging = any("entity_f1" in e for e in report["results"].values())
+    f1_head, f1_rule = ("| entity F1 % ", "---:|") if tagging else ("", "")
+    unit = " (tokens)" if tagging else ""
     head = (
-        "| model | params | test acc % | test errors | NLL | ECE % | agreement % "
-        "| KL(t‖s) | ms/example | seeds |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| model | params {f1_head}| test acc %{unit} | test errors{unit} | NLL | ECE % "
+        "| agreement % | KL(t‖s) | ms/example | seeds |\n"
+        f"|---|---:|{f1_rule}---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for name, entry in report["results"].items():
+        f1 = f"| {_fmt(entry, 'entity_f1', 100)} " if tagging else ""
         rows.append(
-            f"| {DESCRIPTIONS.get(name, name)} (`{name}`) | {entry['params'] / 1e6:.2f}M "
+            f"| {DESCRIPTIONS.get(name, name)} (`{name}`) | {entry['params'] / 1e6:.2f}M {f1}"
             f"| {_fmt(entry, 'test_accuracy', 100)} | {_fmt(entry, 'test_errors', 1, 1)} "
             f"| {_fmt(entry, 'test_nll', 1, 3)} | {_fmt(entry, 'ece', 100)} "
             f"| {_fmt(entry, 'agreement', 100)} | {_fmt(entry, 'kl', 1, 3)} "

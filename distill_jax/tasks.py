@@ -11,13 +11,20 @@ augmented on the device) and token-id classification (int32 token ids, fed uncha
 augmented on the device into Tang et al.'s transfer-set views, `data/text_augment.py`).
 A training split may hold unlabelled examples (label -1, `data.unlabelled`): only the
 teacher's targets train on them; the task loss and accuracy skip them.
-Token classification (NER) and causal language modelling are further `Task`s with the
-same methods; the trainer does not change for them.
+`Tagging` is token classification (NER): a tag per token, labels `(B, L)` with -1 on the
+positions that carry none ([CLS], [SEP], padding, a word's later WordPieces). Its loss
+and every distillation term average over the tagged positions (`term_mask`), so the
+logit losses (`kd`, ...) work unchanged on `(B, L, C)` logits; its evaluation adds
+entity-level precision / recall / F1 (exact span and type, conlleval semantics, by
+`seqeval`) from the predicted tag sequences of the whole split, which `eval_sums` hands
+back per example (`row_keys`) instead of summed. Causal language modelling would be a
+further `Task` with the same methods; the trainer does not change for them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
@@ -42,6 +49,41 @@ class Task:
 
     #: Fields of a training example (also the arrays a device-resident split holds).
     fields: tuple[str, ...] = ("image", "label")
+    #: Outputs of `eval_sums` that are per-example rows `(B, ...)`: the evaluator keeps
+    #: the unmasked rows of every batch, in order, and hands `reduce` their concatenation
+    #: instead of a sum.
+    row_keys: tuple[str, ...] = ()
+    #: Rank of the logits a model must return for this task: 2 for `(B, C)`, 3 for
+    #: `(B, L, C)`.
+    logits_rank: int = 2
+
+    def term_mask(self, labels: jax.Array, mask: jax.Array | None) -> jax.Array | None:
+        """What the distillation terms average over (`mask_B` of every logit loss): the
+        batch's row mask here; a token-level task narrows it to its tagged positions."""
+        return mask
+
+    def check_logits(self, shape: tuple[int, ...], where: str) -> None:
+        """Refuses a model whose logits do not have this task's rank (a sentence-level
+        model on token labels, or a token-level one on sentence labels).
+
+        Raises:
+            ConfigError: naming `where` (the model's config key) and what is expected.
+        """
+        if len(shape) == self.logits_rank:
+            return
+        from distill_jax.errors import ConfigError
+
+        got = "one per token" if len(shape) == 3 else "one per example"
+        want = "one per token (B, L, C)" if self.logits_rank == 3 else "one per example (B, C)"
+        raise ConfigError(
+            f"{where} returns logits of shape {tuple(shape)} ({got}); this dataset's labels "
+            f"need {want}: use a "
+            + (
+                "token-level model (bert with head_input 'tokens', bilstm_tagger)"
+                if self.logits_rank == 3
+                else "sentence-level model (not head_input 'tokens' / bilstm_tagger)"
+            )
+        )
 
     def augment(self, key: jax.Array, inputs: jax.Array, index_B: jax.Array) -> jax.Array:
         """The batch's training view (teacher and student both see it)."""
@@ -180,4 +222,157 @@ class Classification(Task):
         return out
 
 
-__all__ = ["Classification", "Task", "ece_from_bins"]
+def entity_scores(
+    gold_rows: list[np.ndarray] | np.ndarray,
+    pred_rows: list[np.ndarray] | np.ndarray,
+    tag_names: tuple[str, ...],
+) -> dict[str, float]:
+    """Entity-level precision, recall and F1 of predicted tag sequences (`seqeval`).
+
+    An entity is a span of the same type opened by `B-X` (or by an `I-X` that does not
+    continue an `X` span: conlleval's rule, seqeval's default mode) and continued by
+    `I-X`; it counts as found when a predicted entity has exactly its span and type.
+    Only the positions where the gold row holds a tag (>= 0) form the sequence.
+
+    Args:
+        gold_rows: per example, the gold tag ids `(L,)` (-1: no tag at this position).
+        pred_rows: per example, the predicted tag ids `(L,)`.
+        tag_names: tag id -> name (`O`, `B-X`, `I-X`).
+
+    Returns:
+        `entity_precision`, `entity_recall`, `entity_f1` (micro over entities; 0 when
+        nothing is predicted or there is nothing to find), `entities` (gold entities), and
+        `f1_<type>` for every type of `tag_names`.
+    """
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+    names = np.asarray(tag_names, dtype=object)
+    gold, pred = [], []
+    for g, p in zip(gold_rows, pred_rows, strict=True):
+        g, p = np.asarray(g), np.asarray(p)
+        keep = g >= 0
+        gold.append(list(names[g[keep]]))
+        pred.append(list(names[p[keep]]))
+    kw = dict(zero_division=0)
+    out = {
+        "entity_precision": float(precision_score(gold, pred, **kw)),
+        "entity_recall": float(recall_score(gold, pred, **kw)),
+        "entity_f1": float(f1_score(gold, pred, **kw)),
+    }
+    with warnings.catch_warnings():  # averages over no entity at all: NumPy warns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = classification_report(gold, pred, output_dict=True, **kw)
+    types = sorted({n[2:] for n in tag_names if n != "O"})
+    out["entities"] = int(sum(report[t]["support"] for t in types if t in report))
+    for t in types:
+        out[f"f1_{t}"] = float(report[t]["f1-score"]) if t in report else 0.0
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagging(Task):
+    """A tag per token: token ids `(B, L)` (0 = padding), tags `(B, L)`, -1 = no tag.
+
+    The hard-label loss is the cross-entropy averaged over the tagged positions; every
+    distillation term averages over the same positions (`term_mask`), so `kd` is the mean
+    over tagged tokens of `T^2 KL` between the teacher's and the student's tag
+    distributions. Training metrics: token accuracy (and token agreement with the
+    teacher). Evaluation: token accuracy, NLL, ECE over tagged tokens, entity-level
+    precision / recall / F1 and per-type F1 (`entity_scores`), and against a teacher
+    token agreement and KL.
+
+    Attributes:
+        tag_names: tag id -> name (`O`, `B-X`, `I-X`; the dataset's class names).
+        ece_bins: equal-width confidence bins of the expected calibration error.
+    """
+
+    tag_names: tuple[str, ...] = ()
+    ece_bins: int = 15
+    row_keys = ("gold", "pred")
+    logits_rank = 3
+    unlabelled = False  # every training row has tags
+
+    @property
+    def augment_spec(self) -> dict[str, Any]:
+        return {"tagging": True}
+
+    @property
+    def augments(self) -> bool:
+        return False
+
+    def augment(self, key, inputs, index_B):
+        del key, index_B
+        return inputs
+
+    def prepare(self, inputs):
+        return inputs
+
+    @staticmethod
+    def _tagged(labels_BL, mask_B):
+        keep_BL = labels_BL >= 0
+        if mask_B is not None:
+            keep_BL = keep_BL & mask_B.astype(bool)[:, None]
+        return keep_BL
+
+    def term_mask(self, labels_BL, mask_B):
+        return self._tagged(labels_BL, mask_B)
+
+    def loss(self, logits_BLC, labels_BL, mask_B, label_smoothing):
+        keep_BL = self._tagged(labels_BL, mask_B)
+        return cross_entropy(logits_BLC, labels_BL, label_smoothing=label_smoothing, mask_B=keep_BL)
+
+    def train_metrics(self, logits_BLC, labels_BL, teacher_top1_BL):
+        keep_BL = labels_BL >= 0
+        n = jnp.maximum(jnp.sum(keep_BL), 1)
+        pred_BL = jnp.argmax(logits_BLC, -1)
+        metrics = {"accuracy": jnp.sum((pred_BL == labels_BL) & keep_BL) / n}
+        if teacher_top1_BL is not None:
+            metrics["agreement"] = jnp.sum((pred_BL == teacher_top1_BL) & keep_BL) / n
+        return metrics
+
+    def eval_sums(self, logits_BLC, labels_BL, mask_B, teacher_logits_BLC):
+        keep = self._tagged(labels_BL, mask_B).astype(jnp.float32)
+        logp_BLC = jax.nn.log_softmax(logits_BLC.astype(jnp.float32))
+        pred_BL = jnp.argmax(logp_BLC, -1)
+        correct_BL = (pred_BL == labels_BL).astype(jnp.float32)
+        safe_BL = jnp.maximum(labels_BL, 0)
+        nll_BL = -jnp.take_along_axis(logp_BLC, safe_BL[..., None], axis=-1)[..., 0]
+        conf_BL = jnp.exp(jnp.max(logp_BLC, -1))
+        n = self.ece_bins
+        bin_BL = jnp.clip(jnp.ceil(conf_BL * n).astype(jnp.int32) - 1, 0, n - 1)
+        onehot_BLK = jax.nn.one_hot(bin_BL, n) * keep[..., None]
+        sums = {
+            "count": jnp.sum(keep),
+            "correct": jnp.sum(correct_BL * keep),
+            "nll": jnp.sum(jnp.where(keep > 0, nll_BL, 0.0)),
+            "ece_count": jnp.sum(onehot_BLK, (0, 1)),
+            "ece_conf": jnp.sum(onehot_BLK * conf_BL[..., None], (0, 1)),
+            "ece_correct": jnp.sum(onehot_BLK * correct_BL[..., None], (0, 1)),
+            "gold": labels_BL,
+            "pred": pred_BL.astype(jnp.int32),
+        }
+        if teacher_logits_BLC is not None:
+            t_logp_BLC = jax.nn.log_softmax(teacher_logits_BLC.astype(jnp.float32))
+            agree_BL = (jnp.argmax(t_logp_BLC, -1) == pred_BL).astype(jnp.float32)
+            kl_BL = jnp.sum(jnp.exp(t_logp_BLC) * (t_logp_BLC - logp_BLC), -1)
+            sums["agree"] = jnp.sum(agree_BL * keep)
+            sums["kl"] = jnp.sum(jnp.where(keep > 0, kl_BL, 0.0))
+        return sums
+
+    def reduce(self, totals, with_teacher):
+        n = max(float(totals["count"]), 1.0)
+        out: dict[str, Any] = {
+            "count": int(totals["count"]),  # tagged tokens
+            "sentences": int(len(totals["gold"])),
+            "accuracy": float(totals["correct"] / n),
+            "nll": float(totals["nll"] / n),
+            "ece": ece_from_bins(totals["ece_count"], totals["ece_conf"], totals["ece_correct"]),
+        }
+        out.update(entity_scores(totals["gold"], totals["pred"], self.tag_names))
+        if with_teacher:
+            out["agreement"] = float(totals["agree"] / n)
+            out["kl"] = float(totals["kl"] / n)
+        return out
+
+
+__all__ = ["Classification", "Tagging", "Task", "ece_from_bins", "entity_scores"]

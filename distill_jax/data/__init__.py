@@ -1,7 +1,8 @@
 """Datasets: TFDS builders for the data we ship, split loading and Grain pipelines.
 
 `load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`, the
-text datasets `stdlib_docstrings`, `mr`, `trec6`, `bbc_news`) or of
+text datasets `stdlib_docstrings`, `mr`, `trec6`, `bbc_news`; the NER dataset `wnut16`
+and your own CoNLL files as `conll:DIR`, `data/ner.py`) or of
 any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=False`, as a
 `SourceSplit` that reads and decodes each batch when asked); `train_dataset` turns it into a
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
@@ -13,6 +14,7 @@ own arrays as a dataset of this process.
 
 from distill_jax.data.arrays import from_arrays
 from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.data.ner import Wnut16
 from distill_jax.data.pipeline import (
     EMBEDDED_DATASETS,
     UNLABELLED_DATASETS,
@@ -50,6 +52,7 @@ __all__ = [
     "StdlibDocstrings",
     "Trec6",
     "VaderSnippets",
+    "Wnut16",
     "eval_batches",
     "from_arrays",
     "get_info",

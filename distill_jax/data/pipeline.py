@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.data.ner import CONLL_PREFIX, Wnut16, conll_builder
 from distill_jax.data.text import StdlibDocstrings
 from distill_jax.data.text_cls import BbcNews, MovieReviews, NewsArticles, Trec6, VaderSnippets
 from distill_jax.errors import ConfigError, DatasetError
@@ -36,9 +37,12 @@ EMBEDDED_DATASETS: dict[str, type] = {
     MovieReviews.name: MovieReviews,
     Trec6.name: Trec6,
     BbcNews.name: BbcNews,
+    Wnut16.name: Wnut16,
 }
 """Classification datasets built from data in installed packages: name -> TFDS builder
-class. A name may carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`)."""
+class. A name may carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`).
+`wnut16` is token classification (NER: a tag per token); `conll:DIR` reads your own
+CoNLL-format NER files (`data/ner.py`)."""
 
 UNLABELLED_DATASETS: dict[str, type] = {
     VaderSnippets.name: VaderSnippets,
@@ -97,7 +101,7 @@ def check_known_dataset(name: str, where: str) -> None:
       DatasetError: naming `where` the name came from.
     """
     base = name.partition("/")[0]
-    if base in _BUILDERS:
+    if base in _BUILDERS or name.startswith(CONLL_PREFIX):  # conll: reads text files only
         return
     tfds_name = name[len(TFDS_PREFIX) :].partition("/")[0].partition(":")[0]
     if name.startswith(TFDS_PREFIX) and tfds_name in tfds.list_builders(
@@ -117,6 +121,8 @@ def is_prepared(name: str, data_dir: str) -> bool:
         return False
     base, _, builder_config = name.partition("/")
     try:
+        if name.startswith(CONLL_PREFIX):
+            return _conll(name, data_dir).is_prepared()
         if base in _BUILDERS:
             kwargs = {"config": builder_config} if builder_config else {}
             return _BUILDERS[base](data_dir=data_dir, **kwargs).is_prepared()
@@ -130,8 +136,14 @@ def _known_names_hint() -> str:
     return (
         f"Embedded datasets: {embedded}; any TFDS catalogue dataset as "
         f"'{TFDS_PREFIX}NAME', '{TFDS_PREFIX}NAME/CONFIG' or '{TFDS_PREFIX}NAME:VERSION' "
-        f"(e.g. '{TFDS_PREFIX}cifar10')."
+        f"(e.g. '{TFDS_PREFIX}cifar10'); your own CoNLL-format NER files as "
+        f"'{CONLL_PREFIX}DIR'."
     )
+
+
+def _conll(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """The builder of `conll:DIR` (not yet prepared)."""
+    return conll_builder(name[len(CONLL_PREFIX) :])(data_dir=data_dir)
 
 
 def _not_prepared_message(tfds_name: str, data_dir: str, reason: str) -> str:
@@ -167,6 +179,10 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
     """Returns a prepared TFDS builder for `name`, preparing it if needed and allowed."""
     data_dir = resolve_data_dir(data_dir)
     base, _, builder_config = name.partition("/")
+    if name.startswith(CONLL_PREFIX):
+        builder = _conll(name, data_dir)
+        builder.download_and_prepare(file_format="array_record")
+        return builder
     if base in _BUILDERS:
         # Embedded data ships with a package: preparing needs no network, so it is done
         # whatever `download` says. Preparing an already prepared builder does nothing.
@@ -227,6 +243,8 @@ class DatasetInfo:
         `"tokens"` (int32 token ids, 0 = padding, fed to the model unchanged).
       class_names: the label names, by class index (the ClassLabel's; `"0"`, `"1"`, ...
         where it has none).
+      label_shape: shape of one example's label: `()` for a class per example, `(L,)`
+        for a tag per token (NER; -1 marks positions without a tag).
     """
 
     name: str
@@ -235,6 +253,12 @@ class DatasetInfo:
     splits: dict[str, int]
     input_kind: str = "image"
     class_names: tuple[str, ...] = ()
+    label_shape: tuple[int, ...] = ()
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the labels are one per token (token classification)."""
+        return bool(self.label_shape)
 
     @property
     def input_dtype(self) -> type:
@@ -248,7 +272,7 @@ class ArraySplit:
 
     Attributes:
       images: the model inputs: uint8 (N, H, W, C) images, or int32 (N, L) token ids.
-      labels: int32 (N,).
+      labels: int32 (N,), or (N, L) tags for token classification (-1: no tag).
       info: the dataset's `DatasetInfo`.
     """
 
@@ -289,7 +313,7 @@ class SourceSplit:
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reads and decodes the examples at `index` (in that order)."""
         images = np.zeros((len(index), *self.info.image_shape), self.info.input_dtype)
-        labels = np.zeros((len(index),), np.int32)
+        labels = np.zeros((len(index), *self.info.label_shape), np.int32)
         for i, example in enumerate(self.source.__getitems__([int(j) for j in index])):
             images[i] = np.asarray(example[self.image_key]).reshape(self.info.image_shape)
             labels[i] = example[self.label_key]
@@ -312,8 +336,17 @@ def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetI
             f"(it has {sorted(features)}); only image classification datasets are supported."
         )
     shape = tuple(features[image_key].shape)
-    num_classes = getattr(features[label_key], "num_classes", None)
-    class_names = tuple(str(n) for n in (getattr(features[label_key], "names", None) or ()))
+    label_feature, label_shape = features[label_key], ()
+    if isinstance(label_feature, tfds.features.Sequence):  # a tag per token (NER)
+        label_shape = tuple(label_feature.shape)
+        label_feature = label_feature.feature
+        if label_shape != shape or not isinstance(label_feature, tfds.features.ClassLabel):
+            raise DatasetError(
+                f"Dataset '{name}': feature '{label_key}' must be a ClassLabel per token of "
+                f"'{image_key}' (shape {shape}), got {features[label_key]}"
+            )
+    num_classes = getattr(label_feature, "num_classes", None)
+    class_names = tuple(str(n) for n in (getattr(label_feature, "names", None) or ()))
     dtype = np.dtype(getattr(features[image_key], "np_dtype", np.uint8))
     if len(shape) == 1 and shape[0] is not None and np.issubdtype(dtype, np.integer):
         if not num_classes:
@@ -325,6 +358,7 @@ def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetI
             splits={split: info.num_examples for split, info in builder.info.splits.items()},
             input_kind="tokens",
             class_names=class_names,
+            label_shape=label_shape,
         )
     if len(shape) == 2:
         shape = (*shape, 1)
@@ -453,7 +487,7 @@ def load_split(
     if not in_memory:
         return lazy
     images = np.zeros((len(source), *info.image_shape), info.input_dtype)
-    labels = np.zeros((len(source),), np.int32)
+    labels = np.zeros((len(source), *info.label_shape), np.int32)
 
     def read(start: int, stop: int) -> None:
         images[start:stop], labels[start:stop] = lazy.read(np.arange(start, stop))
@@ -736,7 +770,10 @@ def length_sorted_batches(
         pad = batch_size - len(index)
         yield {
             "image": np.pad(split.images[index, :width], ((0, pad), (0, 0))),
-            "label": np.pad(split.labels[index], (0, pad)),
+            "label": np.pad(
+                split.labels[index][:, :width] if split.info.per_token else split.labels[index],
+                [(0, pad)] + [(0, 0)] * (split.labels.ndim - 1),
+            ),
             "index": np.pad(index, (0, pad)),
             "mask": np.arange(batch_size) < len(index),
         }

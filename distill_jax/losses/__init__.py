@@ -5,6 +5,8 @@ computed in float32 from `log_softmax`, reduces the way its paper does, and igno
 rows that `mask_B` marks as padding. `LOSSES` maps config names to logit losses and
 `METHODS` to feature/relation methods; `objective.Objective` combines the ones a
 config names (with the task loss) into the training loss, the only place they meet.
+`crf.py` holds a linear-chain CRF (log-partition, sequence score, NLL, Viterbi) for
+taggers, not yet wired into the trainer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax
 from distill_jax.losses import crd, feature, relation, transformer  # noqa: E402, F401, I001
 from distill_jax.losses.base import masked_mean, to_float32
 from distill_jax.losses.crd import CRD  # noqa: E402
+from distill_jax.losses.crf import crf_decode, crf_log_partition, crf_nll, crf_sequence_score
 from distill_jax.losses.feature import (  # noqa: E402
     PKT,
     RKD,
@@ -66,6 +69,10 @@ __all__ = [
     "Method",
     "ReviewKD",
     "SimilarityPreserving",
+    "crf_decode",
+    "crf_log_partition",
+    "crf_nll",
+    "crf_sequence_score",
     "cross_entropy",
     "dist_loss",
     "dkd_loss",

@@ -7,7 +7,8 @@ benchmarks: the CIFAR models of CRD/RepDistiller (`resnet8` ... `resnet110`, `re
 ImageNet `resnet18`, `resnet34`, `resnet50`; for text, the BERT-style encoder `bert`
 (`models/transformer.py`, initialisable from a Hugging Face checkpoint) and two small,
 fast students (`models/text.py`, their embeddings initialisable from one): Kim's
-`textcnn` and Tang et al.'s `bilstm`. Each variant is a
+`textcnn` and Tang et al.'s `bilstm`; for token classification (NER) `bilstm_tagger` and
+`bert` with `head_input="tokens"`, whose logits are `(B, L, C)`. Each variant is a
 subclass whose defaults fix the architecture, and every model returns
 `(logits_BC, features)` with the feature names documented in its module.
 
@@ -47,7 +48,7 @@ from distill_jax.models.resnet import (
     ResNet110,
 )
 from distill_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
-from distill_jax.models.text import BiLSTM, TextCNN
+from distill_jax.models.text import BiLSTM, BiLSTMTagger, TextCNN
 from distill_jax.models.transformer import Bert
 from distill_jax.models.vgg import VGG, VGG8, VGG11, VGG13, VGG16, VGG19
 from distill_jax.models.wrn import WideResNet, WRN16x1, WRN16x2, WRN40x1, WRN40x2
@@ -87,6 +88,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "bert": Bert,
     "textcnn": TextCNN,
     "bilstm": BiLSTM,
+    # Token classification (NER): a tag per token, logits (B, L, C); `bert` with
+    # head_input "tokens" is the other tagger.
+    "bilstm_tagger": BiLSTMTagger,
 }
 _BUILTIN_MODELS = frozenset(MODELS)
 
@@ -235,6 +239,7 @@ __all__ = [
     "register_model",
     "CNN",
     "BiLSTM",
+    "BiLSTMTagger",
     "Bert",
     "MLP",
     "MODELS",

@@ -224,9 +224,13 @@ def from_flax(params: dict[str, Any], num_layers: int) -> dict[str, np.ndarray]:
 
 def hf_config(module: Any, labels: Sequence[str]) -> dict[str, Any]:
     """`config.json` of a `Bert` in Hugging Face's BertConfig fields (what `read_config`
-    reads back), as a sequence classifier with `labels`."""
+    reads back), as a sequence classifier with `labels` (a token classifier for a tagger,
+    `head_input = "tokens"`)."""
+    tagger = getattr(module, "head_input", None) == "tokens"
     return {
-        "architectures": ["BertForSequenceClassification"],
+        "architectures": [
+            "BertForTokenClassification" if tagger else "BertForSequenceClassification"
+        ],
         "model_type": "bert",
         "vocab_size": module.vocab_size,
         "hidden_size": module.hidden_size,

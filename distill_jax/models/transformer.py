@@ -1,4 +1,4 @@
-"""A BERT-style text encoder (Devlin et al. 2019) with a classification head.
+"""A BERT-style text encoder (Devlin et al. 2019) with a classification or tagging head.
 
 `Bert` maps token ids `(B, L)` to `(logits_BC, features)`. The architecture is Hugging
 Face's `BertModel` + `BertForSequenceClassification` head, so that a converted checkpoint
@@ -23,9 +23,14 @@ Features (every name a feature-based loss can read):
 | `values{i}`          | (B, L, D)    | value vectors of block i, heads concatenated           |
 | `pooled`             | (B, D)       | tanh pooler on the first token                         |
 | `sentence_embedding` | (B, E)       | mean of the last hidden states over real tokens [1]    |
-| `pre_logits`         | (B, D)       | input of the classification head                       |
+| `pre_logits`         | (B, D)       | input of the classification head [2]                   |
 
 [1] then projected to `embedding_dim` by a linear layer when that is set.
+[2] (B, L, D), the last hidden states, with `head_input = "tokens"`.
+
+Token classification (NER): `head_input = "tokens"` applies the head to every position's
+last hidden state (HF's `BertForTokenClassification`: dropout, then a linear layer), so
+the logits are `(B, L, C)`, one tag distribution per token.
 
 Pretrained initialisation: with `init_from` set (a Hugging Face BERT directory or the name
 of a package shipping one, see `hf_bert.resolve_checkpoint_dir`), `initial_params` replaces
@@ -125,8 +130,9 @@ class Bert(nn.Module):
         attention_dropout: dropout on attention probabilities.
         pad_id: the padding token id; positions holding it are masked.
         head_input: what feeds the classification head: `"pooled"` (BERT's tanh pooler
-            on the first token) or `"mean"` (mean over real tokens, sentence-transformers'
-            pooling).
+            on the first token), `"mean"` (mean over real tokens, sentence-transformers'
+            pooling) or `"tokens"` (every token's last hidden state: `(B, L, C)` logits,
+            a tagger).
         embedding_dim: if set, the mean-pooled sentence embedding is projected to this
             width by a linear layer (`embedding_projection`), e.g. a narrow student's
             embedding made comparable to its teacher's.
@@ -159,8 +165,10 @@ class Bert(nn.Module):
     def __call__(self, input_ids_BL: jax.Array, train: bool = False) -> tuple[jax.Array, Features]:
         if input_ids_BL.ndim != 2:
             raise ValueError(f"Bert expects token ids of shape (B, L), got {input_ids_BL.shape}")
-        if self.head_input not in ("pooled", "mean"):
-            raise ValueError(f"head_input must be 'pooled' or 'mean', got {self.head_input!r}")
+        if self.head_input not in ("pooled", "mean", "tokens"):
+            raise ValueError(
+                f"head_input must be 'pooled', 'mean' or 'tokens', got {self.head_input!r}"
+            )
         ids_BL = input_ids_BL.astype(jnp.int32)
         B, L = ids_BL.shape
         if L > self.max_position:
@@ -207,7 +215,7 @@ class Bert(nn.Module):
                 self.embedding_dim, dtype=self.dtype, name="embedding_projection"
             )(mean_BD)
         features["sentence_embedding"] = sentence_BE
-        pre_BD = pooled_BD if self.head_input == "pooled" else mean_BD
+        pre_BD = {"pooled": pooled_BD, "mean": mean_BD, "tokens": x_BLD}[self.head_input]
         features["pre_logits"] = pre_BD
         pre_BD = nn.Dropout(self.dropout, deterministic=not train)(pre_BD)
         logits_BC = nn.Dense(

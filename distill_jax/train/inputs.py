@@ -24,7 +24,7 @@ from distill_jax.config import teacher_checkpoint_epoch
 from distill_jax.data.text_augment import TokenAugment
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
-from distill_jax.tasks import Classification
+from distill_jax.tasks import Classification, Tagging, Task
 from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher, TeacherSource
 from distill_jax.train.checkpointing import NO_CHECKSUM, Checkpointer, has_checkpoint
 from distill_jax.train.teacher_cache import check_cache, fingerprint, load_cache
@@ -341,13 +341,17 @@ def _word_embeddings(checkpoint: str) -> np.ndarray:
     return hf_bert.load_params(checkpoint)[1]["word_embeddings"]["embedding"]
 
 
-def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Classification:
-    """The run's task: its training views (`role.train` augmentation) and whether the
+def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Task:
+    """The run's task: `Tagging` for a dataset with a tag per token (NER), else
+    `Classification` with its training views (`role.train` augmentation) and whether the
     training split holds unlabelled rows; refuses augmentation of the wrong input kind."""
     train = config[role].train
     info = data.info
     tokens = train.token_augment
     token_aug = any(tokens[k] for k in ("mask", "replace", "ngram"))
+    if info.per_token:
+        _check_tagging(config, role, info, token_aug)
+        return Tagging(tag_names=info.class_names, ece_bins=config.eval.ece_bins)
     if info.input_kind == "tokens" and (train.translate or train.flip):
         raise ConfigError(
             f"{role}.train.translate and {role}.train.flip shift and mirror images; dataset "
@@ -371,6 +375,27 @@ def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Class
         tokens=TokenAugment.from_config(tokens, data_dir, _word_embeddings) if token_aug else None,
         unlabelled=bool(config.data.unlabelled),
     )
+
+
+def _check_tagging(config, role: str, info: data_lib.DatasetInfo, token_aug: bool) -> None:
+    """What token classification does not support (yet): each refused by its key."""
+    unsupported = {
+        f"{role}.train.token_augment": token_aug,
+        f"{role}.train.translate / flip": bool(config[role].train.translate)
+        or bool(config[role].train.flip),
+        "data.length_bucket": bool(config.data.length_bucket),
+        "data.unlabelled": bool(config.data.unlabelled),
+        "distill.cache": bool(config.distill.cache),
+        # Under pmap each device averages over its own tagged tokens and the means are
+        # averaged: not the global token mean when devices hold different numbers of tags.
+        "parallel.strategy 'pmap'": config.parallel.strategy == "pmap",
+    }
+    for key, used in unsupported.items():
+        if used:
+            raise ConfigError(
+                f"{key} is not supported for token classification (dataset '{info.name}' "
+                f"has a tag per token); leave it at its default"
+            )
 
 
 def teacher_source(

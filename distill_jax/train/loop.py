@@ -79,7 +79,7 @@ def _validate(run: Run, evaluator: Evaluator, log: MetricsLog, state, done: int)
     """Validation metrics of every student; logs them and returns the checkpoint's."""
     vals = [evaluator(v, run.data.validation) for v in run.students.each(state.variables)]
     val = _mean_metrics(vals)
-    record = {k: val[k] for k in ("accuracy", "nll", "ece")}
+    record = {k: val[k] for k in ("accuracy", "nll", "ece", "entity_f1") if k in val}
     if run.members is not None:
         record["accuracy_students"] = [v["accuracy"] for v in vals]
     log.write(done, "validation", record)

