@@ -9,11 +9,11 @@ that maximises an inner loss, and the *outer* objective is minimised at those po
 A `RobustMethod` supplies both halves, and the trainer calls it without knowing which
 method it is:
 
-* `perturb(...)` -> x' (under `stop_gradient`), run inside the student's update with the
-  student's current parameters (in inference mode, as the official code runs
+* `views(...)` -> `{"adv": x'}` (under `stop_gradient`), run inside the student's update
+  with the student's current parameters (in inference mode, as the official code runs
   `model.eval()`), so that each of N vmapped students attacks itself;
-* `loss(...)` -> the objective's task term, given the student's logits on x and on x'
-  and the teacher's logits on x (and on x' for the methods that ask for it,
+* `task_loss(...)` -> the objective's task term, given the student's logits on x and on
+  x' and the teacher's logits on x (and on x' for the methods that ask for it,
   `teacher_on_adv`).
 
 `NoPerturbation` is the identity (no inner maximisation, the plain objective). The inner
