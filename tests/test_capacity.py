@@ -182,6 +182,10 @@ def test_capacity_trains_every_size_and_setting_and_resumes(data_dir, tmp_path, 
             assert os.path.isdir(
                 os.path.join(workdir, name, setting.replace(":", "_"), "checkpoints")
             )
+        # One architecture, one latency: the fastest of its settings' measurements.
+        rows = report["results"][name].values()
+        for key in ("latency_ms_per_example", "latency_ms_batch1"):
+            assert {r[key] for r in rows} == {min(r[f"{key}_run"] for r in rows)}
     early, full = report["teachers"]["early"], report["teachers"]["teacher"]
     assert early["checkpoint"] == "epoch:1" and early["step"] < full["step"]
     assert report["assistants"]["ta"]["params"] == 64 * 24 + 24 + 10 * 24 + 10
