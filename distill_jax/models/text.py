@@ -89,6 +89,42 @@ def _embed(module: nn.Module, ids_BL: jax.Array, mask_BL: jax.Array) -> jax.Arra
     return (x_BLE * mask_BL[..., None]).astype(module.dtype)
 
 
+def _bilstm_encode(
+    module: nn.Module, input_ids_BL: jax.Array, what: str
+) -> tuple[Features, jax.Array, jax.Array, tuple[Any, Any]]:
+    """Embeds the ids and runs one bidirectional LSTM layer over the real tokens.
+
+    With `seq_lengths` the forward carry is the state at the last real token and the
+    backward RNN reads the real tokens reversed (padding stays at the end), so its carry
+    is the state after the first token and a token's backward state summarises the tokens
+    after it, not the padding.
+
+    Returns:
+        The features so far (`mask`, `embeddings`, `hidden`: `(B, L, 2H)`, zero at
+        padding), the lengths `(B,)`, the hidden states, and the (forward, backward)
+        carries.
+    """
+    ids_BL, mask_BL = _ids_and_mask(input_ids_BL, module.pad_id, what)
+    features: Features = {"mask": mask_BL.astype(jnp.float32)}
+    x_BLE = _embed(module, ids_BL, mask_BL)
+    features["embeddings"] = x_BLE
+    lengths_B = jnp.sum(mask_BL, axis=1, dtype=jnp.int32)
+
+    def lstm(name: str) -> nn.RNN:
+        # OptimizedLSTMCell: one matmul per step for the four gates, with LSTMCell's
+        # parameters (`ii`..`io` input kernels, `hi`..`ho` recurrent kernels + biases)
+        # and gate order (i, f, g, o). The cell holds the parameters, under `name`.
+        cell = nn.OptimizedLSTMCell(module.hidden_size, dtype=module.dtype, name=name)
+        return nn.RNN(cell)
+
+    carries, hidden_BLH2 = nn.Bidirectional(lstm("lstm_forward"), lstm("lstm_backward"))(
+        x_BLE, seq_lengths=lengths_B, return_carry=True
+    )
+    hidden_BLH2 = hidden_BLH2 * mask_BL[..., None].astype(hidden_BLH2.dtype)
+    features["hidden"] = hidden_BLH2
+    return features, lengths_B, hidden_BLH2, carries
+
+
 class _PretrainedEmbedding:
     """`initial_params` of a text student whose embedding can start from a checkpoint's
     word-piece table (`init_embeddings`)."""
@@ -219,26 +255,9 @@ class BiLSTM(_PretrainedEmbedding, nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BL: jax.Array, train: bool = False) -> tuple[jax.Array, Features]:
-        ids_BL, mask_BL = _ids_and_mask(input_ids_BL, self.pad_id, "BiLSTM")
-        features: Features = {"mask": mask_BL.astype(jnp.float32)}
-        x_BLE = _embed(self, ids_BL, mask_BL)
-        features["embeddings"] = x_BLE
-        lengths_B = jnp.sum(mask_BL, axis=1, dtype=jnp.int32)
-
-        def lstm(name: str) -> nn.RNN:
-            # OptimizedLSTMCell: one matmul per step for the four gates, with LSTMCell's
-            # parameters (`ii`..`io` input kernels, `hi`..`ho` recurrent kernels + biases)
-            # and gate order (i, f, g, o). The cell holds the parameters, under `name`.
-            cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype, name=name)
-            return nn.RNN(cell)
-
-        # With `seq_lengths` the forward carry is the state at the last real token and the
-        # backward RNN reads the real tokens reversed (padding stays at the end), so its
-        # carry is the state after the first token.
-        (carry_fwd, carry_bwd), hidden_BLH2 = nn.Bidirectional(
-            lstm("lstm_forward"), lstm("lstm_backward")
-        )(x_BLE, seq_lengths=lengths_B, return_carry=True)
-        features["hidden"] = hidden_BLH2 * mask_BL[..., None].astype(hidden_BLH2.dtype)
+        features, lengths_B, _, (carry_fwd, carry_bwd) = _bilstm_encode(
+            self, input_ids_BL, "BiLSTM"
+        )
         final_BH2 = jnp.concatenate([carry_fwd[1], carry_bwd[1]], axis=-1)
         final_BH2 = jnp.where((lengths_B > 0)[:, None], final_BH2, 0).astype(self.dtype)
         features["final_state"] = final_BH2
@@ -279,23 +298,7 @@ class BiLSTMTagger(_PretrainedEmbedding, nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BL: jax.Array, train: bool = False) -> tuple[jax.Array, Features]:
-        ids_BL, mask_BL = _ids_and_mask(input_ids_BL, self.pad_id, "BiLSTMTagger")
-        features: Features = {"mask": mask_BL.astype(jnp.float32)}
-        x_BLE = _embed(self, ids_BL, mask_BL)
-        features["embeddings"] = x_BLE
-        lengths_B = jnp.sum(mask_BL, axis=1, dtype=jnp.int32)
-
-        def lstm(name: str) -> nn.RNN:
-            cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype, name=name)
-            return nn.RNN(cell)
-
-        # With `seq_lengths` the backward RNN reads each sequence's real tokens reversed,
-        # so a token's backward state summarises the tokens after it, not the padding.
-        hidden_BLH2 = nn.Bidirectional(lstm("lstm_forward"), lstm("lstm_backward"))(
-            x_BLE, seq_lengths=lengths_B
-        )
-        hidden_BLH2 = hidden_BLH2 * mask_BL[..., None].astype(hidden_BLH2.dtype)
-        features["hidden"] = hidden_BLH2
+        features, _, hidden_BLH2, _ = _bilstm_encode(self, input_ids_BL, "BiLSTMTagger")
         pre_BLD = hidden_BLH2
         if self.dense:
             pre_BLD = nn.relu(nn.Dense(self.dense, dtype=self.dtype, name="fc")(pre_BLD))
