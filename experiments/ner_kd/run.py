@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from distill_jax import config as config_lib
+from distill_jax.report import atomic_write
 from distill_jax.train.loop import fit, load_teacher
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -103,11 +104,9 @@ def run(settings: dict[str, Any], workdir: str, seeds: int = 3, say=print) -> di
             results["runs"][name].append(_summary(result, time.time() - t0))
             say(f"{name} seed {seed}: test entity F1 {result.test['entity_f1']:.4f}")
     results["seconds"] = time.time() - start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     table = markdown(results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table)
+    atomic_write(os.path.join(workdir, "results.md"), table)
     say("\n" + table)
     return results
 

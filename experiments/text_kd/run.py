@@ -35,6 +35,7 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax.embeddings import embedding_cosine, neighbour_recall, sentence_embeddings
 from distill_jax.models import create_model
+from distill_jax.report import atomic_write
 from distill_jax.teachers import Teacher
 from distill_jax.train.loop import fit, load_data, load_teacher
 
@@ -131,11 +132,9 @@ def run(
     if embedding:
         results["embedding"] = run_embedding(settings, workdir, say)
     results["seconds"] = time.time() - start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     table = markdown(results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table)
+    atomic_write(os.path.join(workdir, "results.md"), table)
     say("\n" + table)
     return results
 
