@@ -187,8 +187,10 @@ def capacity(
                 desc=f"{name} {setting}",
             )
             record = _record(result)
-            before = earlier.get(name, {}).get(setting, {}).get("seconds", 0.0)
-            record["seconds"] = max(before, time.time() - t0)  # a resumed run keeps its time
+            record["seconds"] = time.time() - t0
+            before = earlier.get(name, {}).get(setting, {}).get("seconds")
+            if before is not None and result.start_step >= result.steps:
+                record["seconds"] = before  # nothing trained now: the first run's time stands
             results.setdefault(name, {})[setting] = record
             stages.done(f"{name} {setting}", result.test)
 

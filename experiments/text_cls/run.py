@@ -227,8 +227,10 @@ def run(
         if not distilled:
             entry["alpha"] = entry["temperature"] = None
             entry.pop("grid_val_accuracy")
-        before = results["runs"].get(student, {}).get(setting, {}).get("seconds", 0.0)
-        entry["seconds"] = max(before, time.time() - t0)  # a resumed run keeps its time
+        entry["seconds"] = time.time() - t0
+        before = results["runs"].get(student, {}).get(setting, {}).get("seconds")
+        if before is not None and result.start_step >= result.steps:
+            entry["seconds"] = before  # nothing trained now: the first run's time stands
         results["runs"].setdefault(student, {})[setting] = entry
         acc, std = _mean_std([100 * a for a in entry["accuracy"]])
         say(
