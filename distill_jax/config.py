@@ -151,6 +151,10 @@ def default_config() -> dict[str, Any]:
             # A `distill-jax cache-teacher` directory: read the teacher's outputs from it
             # instead of running the teacher (offline distillation); None: online.
             "cache": None,
+            # What the student sees of the teacher (exposure.py): "full" (its logits),
+            # "top:K", "label", "round:D", or a defence, "noise:S" / "temperature:T":
+            # how much of a served teacher a copier can extract.
+            "exposure": "full",
             # Teacher assistants (Mirzadeh et al. 2020): models between the teacher and
             # the student, largest first, e.g. [{"name": "mlp", "hidden": [300, 300]}].
             # Each is distilled from the one before it (the first from the teacher), with
@@ -497,6 +501,7 @@ def _positive(value: Any, key: str, allow_zero: bool = False) -> None:
 
 def validate(cfg: dict[str, Any]) -> None:
     """Checks types, choices and ranges of a merged config, in place (ints become floats)."""
+    from distill_jax.exposure import parse as parse_exposure
     from distill_jax.models import validate_model_config
     from distill_jax.objective import validate_losses
     from distill_jax.robust import validate_section as validate_robust
@@ -553,6 +558,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if not 0.0 <= d["alpha"] <= 1.0:  # NaN fails too
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
     _positive(d["temperature"], "distill.temperature")
+    parse_exposure(d["exposure"])
     _positive(cfg["run"]["seeds"], "run.seeds")
     _positive(cfg["sweep"]["seeds"], "sweep.seeds")
     _validate_sweep(cfg["sweep"])

@@ -9,7 +9,9 @@ step calls one through a single interface and never branches on which it is:
   `value_and_grad` and under `stop_gradient` (no gradient can reach it and XLA never builds
   its backward pass);
 * `CachedTeacher`: rows of a teacher cache (`train/teacher_cache.py`), full logits or
-  top-k, for the view the cache stored for this epoch.
+  top-k, for the view the cache stored for this epoch;
+* `ExposedTeacher`: another source's logits as a served teacher would expose them
+  (`distill.exposure`: top-k, label only, rounded, a defence; `distill_jax/exposure.py`).
 
 A source has four parts:
 
@@ -34,6 +36,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from distill_jax.exposure import expose_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +164,34 @@ class CachedTeacher(TeacherSource):
         return inputs, {"logits": values}
 
 
+@dataclasses.dataclass(eq=False)
+class ExposedTeacher(TeacherSource):
+    """`inner`'s logits replaced by what exposure `level` lets a copier see
+    (`exposure.expose_logits`: logits whose softmax is the exposed distribution). The
+    teacher's features are not exposed, and no gradient through the teacher is offered
+    (`logits_fn` is None): a copier only has the answers."""
+
+    inner: TeacherSource
+    level: str
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        return self.inner.spec
+
+    def arrays(self) -> Any:
+        return self.inner.arrays()
+
+    def augment_key(self, step, key):
+        return self.inner.augment_key(step, key)
+
+    def __call__(self, frozen, inputs, index, step):
+        inputs, outputs = self.inner(frozen, inputs, index, step)
+        return inputs, {"logits": expose_logits(outputs["logits"], self.level, index)}
+
+
 __all__ = [
     "CachedTeacher",
+    "ExposedTeacher",
     "NoTeacher",
     "OnlineTeacher",
     "Teacher",

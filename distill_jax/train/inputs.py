@@ -25,7 +25,13 @@ from distill_jax.data.text_augment import TokenAugment
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
 from distill_jax.tasks import Classification, Tagging, Task
-from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher, TeacherSource
+from distill_jax.teachers import (
+    ExposedTeacher,
+    NoTeacher,
+    OnlineTeacher,
+    Teacher,
+    TeacherSource,
+)
 from distill_jax.train.checkpointing import NO_CHECKSUM, Checkpointer, has_checkpoint
 from distill_jax.train.teacher_cache import check_cache, fingerprint, load_cache
 from distill_jax.train.workdir import CONFIG_FILE
@@ -407,13 +413,28 @@ def teacher_source(
     task: Classification,
 ) -> TeacherSource:
     """Where the step reads the teacher's outputs: a cache (`distill.cache`), the online
-    teacher, or none; a cache that does not fit the run is refused here."""
+    teacher, or none, seen through `distill.exposure`; a cache or an exposure that does
+    not fit the run is refused here."""
+    exposure = config.distill.exposure
     if not config.distill.cache:
         if teacher is None:
+            if exposure != "full":
+                raise ConfigError(
+                    f"distill.exposure = {exposure!r} limits what the {role} sees of a "
+                    f"teacher, and it trains alone: pass --teacher DIR (or distill.cache)"
+                )
             return NoTeacher()
-        return OnlineTeacher(teacher_in_dtype(teacher, config.dtype))
-    if role != "student":
-        raise ConfigError("distill.cache (a teacher cache) is for distilling the student")
-    cache = load_cache(config.distill.cache)
-    check_cache(cache, data.train, config.data.train_split, task=task, teacher=teacher)
-    return cache.source(steps_per_epoch)
+        source = OnlineTeacher(teacher_in_dtype(teacher, config.dtype))
+    else:
+        if role != "student":
+            raise ConfigError("distill.cache (a teacher cache) is for distilling the student")
+        cache = load_cache(config.distill.cache)
+        check_cache(cache, data.train, config.data.train_split, task=task, teacher=teacher)
+        source = cache.source(steps_per_epoch)
+        if exposure != "full" and cache.meta["top_k"]:
+            raise ConfigError(
+                f"distill.exposure = {exposure!r} needs the teacher's full logits; this "
+                f"cache keeps the top {cache.meta['top_k']} only (cache-teacher --top_k 0 "
+                f"stores all; distill.exposure = 'top:K' exposes the top K)"
+            )
+    return source if exposure == "full" else ExposedTeacher(source, exposure)

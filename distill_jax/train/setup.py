@@ -40,7 +40,14 @@ from distill_jax.objective import Objective
 from distill_jax.parallel import Strategy, make_strategy
 from distill_jax.robust import NoPerturbation, make_robust
 from distill_jax.tasks import Task
-from distill_jax.teachers import CachedTeacher, NoTeacher, OnlineTeacher, Teacher, TeacherSource
+from distill_jax.teachers import (
+    CachedTeacher,
+    ExposedTeacher,
+    NoTeacher,
+    OnlineTeacher,
+    Teacher,
+    TeacherSource,
+)
 from distill_jax.train.checkpointing import Checkpointer
 from distill_jax.train.inputs import Data, check_teacher, load_data, make_task, teacher_source
 from distill_jax.train.optim import make_optimizer, scale_by_lr_scale
@@ -291,6 +298,11 @@ def check_robust(
         raise ConfigError(
             f"{key} distils from a teacher, and this {role} trains alone: pass --teacher "
             f"DIR, or use pgd_at / trades"
+        )
+    if isinstance(source, ExposedTeacher) and robust.needs_teacher:
+        raise ConfigError(
+            f"{key} needs the teacher's logits (on adversarial inputs too), and "
+            f"distill.exposure = {source.level!r} hides them: use distill.exposure = 'full'"
         )
     if isinstance(source, CachedTeacher):
         if robust.teacher_on_adv:

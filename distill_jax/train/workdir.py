@@ -25,7 +25,7 @@ import ml_collections
 from distill_jax import config as config_lib
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.report import atomic_write
-from distill_jax.teachers import NoTeacher, OnlineTeacher, Teacher, TeacherSource
+from distill_jax.teachers import CachedTeacher, NoTeacher, Teacher, TeacherSource
 from distill_jax.train.checkpointing import Checkpointer, has_checkpoint, saved_state_keys
 from distill_jax.train.state import TrainState
 
@@ -186,8 +186,9 @@ def run_spec(
         "teacher": None if teacher is None else teacher.identity,
         "distill": cfg["distill"] if distilling else None,
     }
-    if distilling and not isinstance(source, OnlineTeacher):
-        spec["teacher_cache"] = source.spec
+    cache = getattr(source, "inner", source)  # an ExposedTeacher wraps the source
+    if distilling and isinstance(cache, CachedTeacher):
+        spec["teacher_cache"] = cache.spec
     if members is not None:
         spec["students"] = members
     if compress is not None:
