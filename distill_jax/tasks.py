@@ -56,6 +56,9 @@ class Task:
     #: Rank of the logits a model must return for this task: 2 for `(B, C)`, 3 for
     #: `(B, L, C)`.
     logits_rank: int = 2
+    #: The validation metric (higher is better) that picks a run's best checkpoint
+    #: (`teacher.checkpoint = "best"`, `checkpoint.keep`'s kept best step).
+    selection_metric: str = "accuracy"
 
     def term_mask(self, labels: jax.Array, mask: jax.Array | None) -> jax.Array | None:
         """What the distillation terms average over (`mask_B` of every logit loss): the
@@ -290,6 +293,7 @@ class Tagging(Task):
     ece_bins: int = 15
     row_keys = ("gold", "pred")
     logits_rank = 3
+    selection_metric = "entity_f1"  # token accuracy is mostly the `O` tag
     unlabelled = False  # every training row has tags
 
     @property

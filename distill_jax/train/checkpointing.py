@@ -29,7 +29,10 @@ from orbax.checkpoint import checkpoint_managers
 from distill_jax.errors import CheckpointError
 from distill_jax.report import atomic_write
 
-BEST_METRIC = "val_accuracy"
+SCORE_METRIC = "val_score"
+"""The saved validation metric that ranks checkpoints: the task's `selection_metric`
+(accuracy; entity F1 for tagging). Checkpoints saved before it existed rank by
+`val_accuracy`."""
 _ITEMS = ("state", "metadata")
 CHECKSUM_DIR = "checksums"
 NO_CHECKSUM = (
@@ -52,7 +55,7 @@ def step_digest(step_dir: str) -> dict[str, str]:
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
-    return float(metrics[BEST_METRIC])
+    return float(metrics.get(SCORE_METRIC, metrics.get("val_accuracy", float("-inf"))))
 
 
 class Checkpointer:
@@ -171,8 +174,8 @@ class Checkpointer:
         best, best_value = None, float("-inf")
         for step in self.all_steps():
             metrics = self.metadata(step).get("metrics")
-            if metrics and metrics.get(BEST_METRIC, float("-inf")) > best_value:
-                best, best_value = step, metrics[BEST_METRIC]
+            if metrics and _best_metric(metrics) > best_value:
+                best, best_value = step, _best_metric(metrics)
         return best
 
     def wait(self) -> None:

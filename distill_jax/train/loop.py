@@ -25,6 +25,7 @@ from distill_jax.attacks import parse_attacks, robust_accuracy
 from distill_jax.errors import Preempted
 from distill_jax.evaluation import Evaluator, model_summary
 from distill_jax.report import summarize
+from distill_jax.train.checkpointing import SCORE_METRIC
 from distill_jax.train.hooks import (
     Events,
     MetricsLog,
@@ -83,7 +84,11 @@ def _validate(run: Run, evaluator: Evaluator, log: MetricsLog, state, done: int)
     if run.members is not None:
         record["accuracy_students"] = [v["accuracy"] for v in vals]
     log.write(done, "validation", record)
-    return {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
+    return {
+        "val_accuracy": val["accuracy"],
+        "val_nll": val["nll"],
+        SCORE_METRIC: val[run.task.selection_metric],
+    }
 
 
 def train(run: Run, desc: str | None = None) -> FitResult:
