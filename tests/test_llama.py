@@ -39,8 +39,8 @@ TINY = {
 }
 
 
-def tiny(**extra) -> Llama:
-    return create_model({"name": "llama", **TINY, **extra}, 0)
+def tiny(dtype: str = "float32", **extra) -> Llama:
+    return create_model({"name": "llama", **TINY, **extra}, 0, dtype=dtype)
 
 
 def random_params(model: Llama, seed: int = 0):
@@ -328,10 +328,13 @@ def llama_cpp_permute(w, n_head):
     )
 
 
-def write_gguf(path, model, params, arch="llama", types=None, drop=()):
+def write_gguf(path, model, params, arch="llama", types=None, drop=(), tokenizer=None):
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
+    if tokenizer:
+        writer.add_tokenizer_model(tokenizer[0])
+        writer.add_tokenizer_pre(tokenizer[1])
     writer.add_block_count(model.num_layers)
     writer.add_context_length(model.max_position)
     writer.add_embedding_length(model.hidden_size)
@@ -389,6 +392,12 @@ def test_gguf_errors(tmp_path, model_and_params):
         hf_llama.load_params(path)
     with pytest.raises(CheckpointError, match="neither a file, a directory nor a known name"):
         hf_llama.load_params("no-such-model")
+    path = write_gguf(tmp_path / "spm.gguf", model, params, tokenizer=("llama", "default"))
+    with pytest.raises(CheckpointError, match="tokenizer model 'llama' is not supported"):
+        load_lm_tokenizer(path)
+    path = write_gguf(tmp_path / "qwen.gguf", model, params, tokenizer=("gpt2", "qwen2"))
+    with pytest.raises(CheckpointError, match="pre-tokenizer 'qwen2' is not supported"):
+        load_lm_tokenizer(path)
 
 
 def test_config_validation():
@@ -455,6 +464,18 @@ def test_teacher_config_and_tokenizer(reference):
     assert tok.decode(rows(reference["gen_prompt_ids"])[0]) == str(reference["gen_prompts"][0])
 
 
+def test_hf_directory_tokenizer_json(tmp_path, reference):
+    """The GGUF-built tokenizer saved as a Hugging Face `tokenizer.json` reads back the
+    same, with the special ids of `config.json`."""
+    tok = load_lm_tokenizer(TEACHER)
+    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2]}))
+    again = load_lm_tokenizer(tmp_path)
+    assert (again.bos_id, again.eos_id, again.pad_id) == (1, 2, None)
+    texts = [str(s) for s in reference["sentences"][:20]] + [str(reference["gen_prompts"][1])]
+    assert again.encode_batch(texts) == tok.encode_batch(texts)
+
+
 def test_teacher_logits(reference, teacher):
     model, params = teacher
     prompts = rows(reference["logit_ids"])
@@ -485,3 +506,14 @@ def test_teacher_greedy_generation(reference, teacher):
     for i, e in enumerate(expected):
         assert int(lengths[i]) == len(e)
         assert np.asarray(tokens[i, : len(e)]).tolist() == e
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(model_and_params):
+    model, params = model_and_params
+    bf16 = tiny(dtype="bfloat16")
+    shapes = jax.eval_shape(bf16.init, jax.random.key(0), IDS)["params"]
+    assert {x.dtype for x in jax.tree.leaves(shapes)} == {np.dtype(np.float32)}
+    logits, features = bf16.apply({"params": params}, IDS)
+    assert logits.dtype == jnp.float32 and features["layer_0"].dtype == jnp.bfloat16
+    reference = model.apply({"params": params}, IDS)[0]
+    assert float(jnp.abs(logits - reference).max()) < 0.1 * float(jnp.abs(reference).max())
