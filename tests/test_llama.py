@@ -517,3 +517,19 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(model_and_params):
     assert logits.dtype == jnp.float32 and features["layer_0"].dtype == jnp.bfloat16
     reference = model.apply({"params": params}, IDS)[0]
     assert float(jnp.abs(logits - reference).max()) < 0.1 * float(jnp.abs(reference).max())
+
+
+def test_teacher_layer_subset_student(teacher):
+    """Minitron-style depth pruning: a 4-layer student from teacher layers 0/10/20/29."""
+    _, teacher_params = teacher
+    student = create_model(
+        {"name": "llama", "num_layers": 4, "init_from": TEACHER, "init_layers": [0, 10, 20, 29]},
+        49152,
+    )
+    shapes = jax.eval_shape(student.init, jax.random.key(0), jnp.zeros((1, 8)))["params"]
+    params = student.initial_params(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+    for i, src in enumerate((0, 10, 20, 29)):
+        np.testing.assert_array_equal(
+            params[f"layer_{i}"]["down"]["kernel"], teacher_params[f"layer_{src}"]["down"]["kernel"]
+        )
+    assert sorted(params) == ["embed", "final_norm", "layer_0", "layer_1", "layer_2", "layer_3"]
