@@ -8,7 +8,9 @@ ImageNet `resnet18`, `resnet34`, `resnet50`; for text, the BERT-style encoder `b
 (`models/transformer.py`, initialisable from a Hugging Face checkpoint) and two small,
 fast students (`models/text.py`, their embeddings initialisable from one): Kim's
 `textcnn` and Tang et al.'s `bilstm`; for token classification (NER) `bilstm_tagger` and
-`bert` with `head_input="tokens"`, whose logits are `(B, L, C)`. Each variant is a
+`bert` with `head_input="tokens"`, whose logits are `(B, L, C)`; for language modelling
+the Llama-family decoder `llama` (`models/llama.py`, initialisable from a GGUF file or a
+Hugging Face directory, `models/hf_llama.py`), whose logits are `(B, L, V)`. Each variant is a
 subclass whose defaults fix the architecture, and every model returns
 `(logits_BC, features)` with the feature names documented in its module.
 
@@ -29,6 +31,7 @@ import jax
 from distill_jax.errors import ConfigError
 from distill_jax.models.base import Features
 from distill_jax.models.cnn import CNN
+from distill_jax.models.llama import Llama
 from distill_jax.models.mlp import MLP
 from distill_jax.models.mobilenetv2 import MobileNetV2, MobileNetV2Half
 from distill_jax.models.resnet import (
@@ -91,6 +94,8 @@ MODELS: dict[str, type[nn.Module]] = {
     # Token classification (NER): a tag per token, logits (B, L, C); `bert` with
     # head_input "tokens" is the other tagger.
     "bilstm_tagger": BiLSTMTagger,
+    # Causal language models: next-token logits (B, L, V).
+    "llama": Llama,
 }
 _BUILTIN_MODELS = frozenset(MODELS)
 
@@ -241,6 +246,7 @@ __all__ = [
     "BiLSTM",
     "BiLSTMTagger",
     "Bert",
+    "Llama",
     "MLP",
     "MODELS",
     "VGG",
