@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from distill_jax.errors import ConfigError
 from distill_jax.losses import LOSSES, METHODS, Method, topk_kd_loss
+from distill_jax.losses.lm import LM_LOSSES, check_hyperparameters, lm_topk_loss
 from distill_jax.robust import NoPerturbation
 from distill_jax.tasks import Classification, Task
 
@@ -183,6 +184,11 @@ class Objective:
                 fn = LOSSES[name]
                 if "labels_B" in inspect.signature(fn).parameters:
                     kwargs["_needs_labels"] = True
+                if name in LM_LOSSES:  # bad beta / skew / temperature / chunk: fail now
+                    hp = {k: v for k, v in kwargs.items() if k != "topk_rest"}
+                    check_hyperparameters(
+                        divergence=LM_LOSSES[name][0], where=f"distill.losses.{name}", **hp
+                    )
             self.terms.append(Term(name, float(spec["weight"]), kwargs, method))
 
     @staticmethod
@@ -272,8 +278,8 @@ class Objective:
                 if hparams and self.is_default:
                     weight = 1.0 - hparams["alpha"]
                     kwargs["temperature"] = hparams["temperature"]
-                if "logits" not in teacher:  # a top-k teacher cache: KD only (checked early)
-                    value = topk_kd_loss(student["logits"], *teacher["topk"], **kwargs, mask_B=mask)
+                if "logits" not in teacher:  # a top-k teacher cache (checked early)
+                    value = _topk_term(term.name, student["logits"], teacher["topk"], kwargs, mask)
                     terms[term.name] = value
                     total = total + weight * value
                     continue
@@ -315,8 +321,41 @@ class Objective:
                     f"distill.losses.{term.name} reads teacher features, which a teacher "
                     f"cache does not store; use the online teacher (--teacher DIR)"
                 )
-            if top_k and term.name != "kd":
+            if top_k and term.name != "kd" and term.name not in LM_LOSSES:
                 raise ConfigError(
                     f"distill.losses.{term.name} needs the teacher's full logits; this cache "
                     f"keeps the top {top_k} only (cache-teacher --top_k 0 stores all)"
                 )
+            if top_k and term.name in LM_LOSSES:
+                divergence = LM_LOSSES[term.name][0]
+                rest = bool(term.kwargs.get("topk_rest", False))
+                if not rest and divergence != "forward_kl":
+                    raise ConfigError(
+                        f"distill.losses.{term.name} with a top-{top_k} teacher cache needs "
+                        f"topk_rest=True (the renormalised top-k variant is the forward KL "
+                        f"only: lm_kl)"
+                    )
+                if rest and float(term.kwargs.get("temperature", 1.0)) != 1.0:
+                    raise ConfigError(
+                        f"distill.losses.{term.name}.topk_rest needs temperature 1 (the "
+                        f"cache's mass outside the top {top_k} is known only at T = 1)"
+                    )
+
+
+def _topk_term(name: str, student_logits, topk, kwargs: dict, mask) -> jax.Array:
+    """A logit term against a top-k teacher cache: `kd` (Hinton, renormalised top-k) or
+    an `lm_*` divergence (`lm_topk_loss`, renormalised or with the rest bucket)."""
+    values, indices = topk
+    if name not in LM_LOSSES:
+        return topk_kd_loss(student_logits, values, indices, **kwargs, mask_B=mask)
+    kwargs = dict(kwargs)
+    rest = bool(kwargs.pop("topk_rest", False))
+    return lm_topk_loss(
+        student_logits,
+        values,
+        indices,
+        LM_LOSSES[name][0],
+        rest=rest,
+        **kwargs,
+        mask_B=mask,
+    )

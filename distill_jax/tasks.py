@@ -17,8 +17,12 @@ and every distillation term average over the tagged positions (`term_mask`), so 
 logit losses (`kd`, ...) work unchanged on `(B, L, C)` logits; its evaluation adds
 entity-level precision / recall / F1 (exact span and type, conlleval semantics, by
 `seqeval`) from the predicted tag sequences of the whole split, which `eval_sums` hands
-back per example (`row_keys`) instead of summed. Causal language modelling would be a
-further `Task` with the same methods; the trainer does not change for them.
+back per example (`row_keys`) instead of summed. `CausalLM` is next-token prediction:
+the batch's inputs are token ids `(B, T)` and its labels the same ids with -1 where a
+token is not a target (padding, prompt); the task shifts them into next-token targets,
+and its loss, metrics and every distillation term (`lm_*` losses, `(B, T, V)` logits)
+average over the target positions, with vocab-chunked log-sum-exps (`losses/lm.py`).
+The trainer does not change for any of them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import numpy as np
 
 from distill_jax.data.augment import augment, to_float
 from distill_jax.data.text_augment import TokenAugment
+from distill_jax.losses.base import masked_mean
+from distill_jax.losses.lm import CHUNK_SIZE, lm_divergence, token_cross_entropy
 from distill_jax.losses.task import cross_entropy
 
 
@@ -379,4 +385,131 @@ class Tagging(Task):
         return out
 
 
-__all__ = ["Classification", "Tagging", "Task", "ece_from_bins", "entity_scores"]
+@dataclasses.dataclass(frozen=True)
+class CausalLM(Task):
+    """Next-token prediction over a vocabulary of `V` tokens.
+
+    A batch holds `image`: token ids `(B, T)` (the model's inputs) and `label`: the same
+    ids where the token is to be predicted and -1 where it is not (padding, the prompt of
+    an instruction, a document's first token if so desired); `labels_from` builds it from
+    token ids and a 0/1 loss mask. The logits at position `t` predict token `t + 1`, so
+    the targets are the labels shifted left by one (`next_token_targets`) and the last
+    position has none. The task loss is the cross-entropy averaged over all target
+    tokens of the batch (a token mean, not a mean of per-sequence means), and every
+    distillation term averages over the same positions (`term_mask`): the `lm_*` losses
+    see `(B, T, V)` logits and a `(B, T)` mask.
+
+    Training metrics: token accuracy (and top-1 agreement with the teacher). Evaluation
+    sums, over the target tokens of every batch, the NLL, the correct predictions and
+    (with a teacher) the agreements and `KL(teacher || student)` at `T = 1`; `reduce`
+    divides by the token count, so `perplexity = exp(total NLL / total tokens)` is
+    token-weighted over the whole split (not a mean of per-batch perplexities).
+
+    Attributes:
+        chunk_size: vocabulary columns per chunk of the log-sum-exps (None: one chunk).
+    """
+
+    chunk_size: int | None = CHUNK_SIZE
+    logits_rank = 3
+    unlabelled = False
+
+    @staticmethod
+    def labels_from(tokens_BT: jax.Array, loss_mask_BT: jax.Array) -> jax.Array:
+        """`label`: the token ids where `loss_mask_BT` is 1 (a target), -1 elsewhere."""
+        return jnp.where(jnp.asarray(loss_mask_BT).astype(bool), tokens_BT, -1)
+
+    @staticmethod
+    def next_token_targets(labels_BT: jax.Array) -> jax.Array:
+        """`(B, T)` targets: position `t` predicts `labels[t + 1]`; -1 where none."""
+        labels_BT = jnp.asarray(labels_BT)
+        pad_B1 = jnp.full(labels_BT.shape[:-1] + (1,), -1, labels_BT.dtype)
+        return jnp.concatenate([labels_BT[..., 1:], pad_B1], axis=-1)
+
+    def _targets(self, labels_BT, mask_B):
+        """The targets and the kept positions (a target, in a kept row)."""
+        targets_BT = self.next_token_targets(labels_BT)
+        keep_BT = targets_BT >= 0
+        if mask_B is not None:
+            keep_BT = keep_BT & jnp.asarray(mask_B).astype(bool)[:, None]
+        return targets_BT, keep_BT
+
+    @property
+    def augment_spec(self) -> dict[str, Any]:
+        return {"causal_lm": True}
+
+    @property
+    def augments(self) -> bool:
+        return False
+
+    def check_logits(self, shape, where):
+        if len(shape) == 3:
+            return
+        from distill_jax.errors import ConfigError
+
+        raise ConfigError(
+            f"{where} returns logits of shape {tuple(shape)}; causal language modelling "
+            f"needs one distribution per token (B, T, V): use a decoder language model"
+        )
+
+    def augment(self, key, inputs, index_B):
+        del key, index_B
+        return inputs
+
+    def prepare(self, inputs):
+        return inputs
+
+    def term_mask(self, labels_BT, mask_B):
+        return self._targets(labels_BT, mask_B)[1]
+
+    def loss(self, logits_BTV, labels_BT, mask_B, label_smoothing):
+        targets_BT, keep_BT = self._targets(labels_BT, mask_B)
+        nll_BT = token_cross_entropy(logits_BTV, targets_BT, label_smoothing, self.chunk_size)
+        return masked_mean(nll_BT, keep_BT)
+
+    def train_metrics(self, logits_BTV, labels_BT, teacher_top1_BT):
+        targets_BT, keep_BT = self._targets(labels_BT, None)
+        n = jnp.maximum(jnp.sum(keep_BT), 1)
+        pred_BT = jnp.argmax(logits_BTV, -1)
+        metrics = {"accuracy": jnp.sum((pred_BT == targets_BT) & keep_BT) / n}
+        if teacher_top1_BT is not None:
+            metrics["agreement"] = jnp.sum((pred_BT == teacher_top1_BT) & keep_BT) / n
+        return metrics
+
+    def eval_sums(self, logits_BTV, labels_BT, mask_B, teacher_logits_BTV):
+        targets_BT, keep_BT = self._targets(labels_BT, mask_B)
+        keep = keep_BT.astype(jnp.float32)
+        nll_BT = token_cross_entropy(logits_BTV, targets_BT, 0.0, self.chunk_size)
+        pred_BT = jnp.argmax(logits_BTV, -1)
+        sums = {
+            "count": jnp.sum(keep),
+            "sequences": jnp.sum(jnp.asarray(mask_B).astype(jnp.float32)),
+            "nll": jnp.sum(jnp.where(keep_BT, nll_BT, 0.0)),
+            "correct": jnp.sum(jnp.where(keep_BT, pred_BT == targets_BT, False)),
+        }
+        if teacher_logits_BTV is not None:
+            kl_BT = lm_divergence(
+                logits_BTV, teacher_logits_BTV, "forward_kl", chunk_size=self.chunk_size
+            )
+            agree_BT = jnp.argmax(teacher_logits_BTV, -1) == pred_BT
+            sums["agree"] = jnp.sum(jnp.where(keep_BT, agree_BT, False))
+            sums["kl"] = jnp.sum(jnp.where(keep_BT, kl_BT, 0.0))
+        return sums
+
+    def reduce(self, totals, with_teacher):
+        n = max(float(totals["count"]), 1.0)
+        nll = float(totals["nll"] / n)
+        out: dict[str, Any] = {
+            "count": int(totals["count"]),  # target tokens
+            "sequences": int(totals["sequences"]),
+            "loss": nll,
+            "nll": nll,
+            "perplexity": float(np.exp(nll)),
+            "accuracy": float(totals["correct"] / n),
+        }
+        if with_teacher:
+            out["agreement"] = float(totals["agree"] / n)
+            out["kl"] = float(totals["kl"] / n)
+        return out
+
+
+__all__ = ["CausalLM", "Classification", "Tagging", "Task", "ece_from_bins", "entity_scores"]

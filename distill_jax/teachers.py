@@ -62,11 +62,12 @@ def cache_view_key(seed: int, view: int | jax.Array) -> jax.Array:
 
 
 def top1(outputs: dict[str, Any]) -> jax.Array:
-    """The teacher's predicted class per example, from full logits or a top-k cache row."""
+    """The teacher's predicted class per example (or per token: `(B, T)` from `(B, T, K)`
+    top-k rows), from full logits or a top-k cache row."""
     if "logits" in outputs:
         return jnp.argmax(outputs["logits"], -1)
     values, indices = outputs["topk"]
-    return jnp.take_along_axis(indices, jnp.argmax(values, -1)[:, None], axis=-1)[:, 0]
+    return jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], axis=-1)[..., 0]
 
 
 class TeacherSource:

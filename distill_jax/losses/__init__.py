@@ -5,6 +5,9 @@ computed in float32 from `log_softmax`, reduces the way its paper does, and igno
 rows that `mask_B` marks as padding. `LOSSES` maps config names to logit losses and
 `METHODS` to feature/relation methods; `objective.Objective` combines the ones a
 config names (with the task loss) into the training loss, the only place they meet.
+`lm.py` is the sequence (LM) family: token-level divergences over a vocabulary, computed
+in vocab chunks (`lm_kl`, `lm_reverse_kl`, `lm_jsd`, `lm_skew_kl`, `lm_skew_reverse_kl`,
+`lm_tvd`), and their top-k-teacher variants (`lm_topk_loss`).
 `crf.py` holds a linear-chain CRF (log-partition, sequence score, NLL, Viterbi) for
 taggers, not yet wired into the trainer.
 """
@@ -30,6 +33,17 @@ from distill_jax.losses.feature import (  # noqa: E402
     SimilarityPreserving,
 )
 from distill_jax.losses.kd import kd_loss, topk_kd_loss
+from distill_jax.losses.lm import (
+    LM_LOSSES,
+    lm_divergence,
+    lm_jsd_loss,
+    lm_kl_loss,
+    lm_reverse_kl_loss,
+    lm_skew_kl_loss,
+    lm_skew_reverse_kl_loss,
+    lm_topk_loss,
+    lm_tvd_loss,
+)
 from distill_jax.losses.logit import (
     dist_loss,
     dkd_loss,
@@ -79,6 +93,14 @@ __all__ = [
     "dkd_terms",
     "gjsd_loss",
     "kd_loss",
+    "lm_divergence",
+    "lm_jsd_loss",
+    "lm_kl_loss",
+    "lm_reverse_kl_loss",
+    "lm_skew_kl_loss",
+    "lm_skew_reverse_kl_loss",
+    "lm_topk_loss",
+    "lm_tvd_loss",
     "register_loss",
     "lskd_loss",
     "masked_mean",
@@ -103,6 +125,8 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
     "tvd": tvd_loss,
     "skew_kl": skew_kl_loss,
     "skew_reverse_kl": skew_reverse_kl_loss,
+    # Sequence (LM) family (losses/lm.py): (B, T, V) logits, (B, T) mask, vocab chunks.
+    **{name: fn for name, (_, fn) in LM_LOSSES.items()},
 }
 
 
