@@ -193,3 +193,47 @@ def test_exposure_refused_where_it_cannot_apply(teacher_and_cache, tiny_config):
         with pytest.raises(ConfigError, match=message):
             setup(tiny_config(**extra), str(workdir), role="student", teacher=t)
         assert not os.path.exists(workdir)  # refused before anything is written
+
+
+def test_exposure_experiment_driver_tiny(data_dir, tmp_path, monkeypatch):
+    """experiments/exposure/run.py on tiny MLPs and digits: every query set, three
+    exposure levels and the true-label reference, the table and the plot; resumable."""
+    from distill_jax.config import import_file
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments/exposure/run.py")
+    run = import_file(path)
+    monkeypatch.setattr(run, "DATA", {"name": "digits", "data_dir": data_dir})
+    monkeypatch.setattr(run, "TEACHER", {"name": "mlp", "hidden": [32]})
+    monkeypatch.setattr(run, "STUDENT", {"name": "mlp", "hidden": [16]})
+    monkeypatch.setattr(run, "TEACHER_EPOCHS", 3)
+    monkeypatch.setattr(run, "STUDENT_STEPS", 12)
+    monkeypatch.setattr(run, "SEEDS", 2)
+    monkeypatch.setattr(run, "TRAIN", {**run.TRAIN, "batch_size": 48})
+    monkeypatch.setattr(
+        run,
+        "QUERIES",
+        {
+            "96": {"split": "train[:96]", "views": 1, "translate": 0},
+            "all x2": {"split": "train", "views": 2, "translate": 1},
+        },
+    )
+    monkeypatch.setattr(run, "SPLIT_SIZES", {"train[:96]": 96, "train": 1197})
+    exposures = ["labels", "label", "noise:2"]
+    say = lambda *a: None  # noqa: E731
+    results = run.run(str(tmp_path / "x"), exposures=exposures, say=say)
+    assert list(results["rows"]) == exposures
+    assert results["queries"] == {"96": 96, "all x2": 2 * 1197}
+    for by_q in results["rows"].values():
+        for cell in by_q.values():
+            assert len(cell["accuracy"]) == 2 and all(0 <= a <= 1 for a in cell["agreement"])
+    # Every query set trains the same number of steps (12: 6 epochs of 2 batches).
+    assert results["rows"]["label"]["96"]["steps"] == 12
+    with open(tmp_path / "x" / "label" / "all_x2" / "config.json") as f:
+        spec = json.load(f)
+    assert spec["distill"]["exposure"] == "label" and spec["distill"]["alpha"] == 0.0
+    assert spec["teacher_cache"]["views"] == 2 and spec["data"]["train_split"] == "train"
+    md = (tmp_path / "x" / "results.md").read_text()
+    assert "| top-1 label only |" in md and "96 queries: accuracy" in md
+    assert os.path.getsize(tmp_path / "x" / "exposure.png") > 0
+    again = run.run(str(tmp_path / "x"), exposures=exposures, say=say)
+    assert again["rows"] == results["rows"]
