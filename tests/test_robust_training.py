@@ -417,16 +417,17 @@ def test_robust_kd_driver_tiny(data_dir, tmp_path, monkeypatch):
     tiny_attacks = [{"name": "fgsm", "eps": 0.1}, {"name": "apgd_dlr", "eps": 0.1, "steps": 3}]
     monkeypatch.setattr(c, "ATTACKS", tiny_attacks)
     rows = ("pgd_at", "kd_robust", "ard", "adaad")
-    results = run.run(str(tmp_path / "rk"), rows=rows, seeds=1, say=lambda *a: None)
+    results = run.run(str(tmp_path / "rk"), rows=rows, seeds=2, say=lambda *a: None)
     assert set(results["teachers"]) == {"standard", "pgd"} and list(results["rows"]) == list(rows)
     for r in results["rows"].values():
         assert set(r) == {"clean", "fgsm", "apgd_dlr"}
-        assert all(r[k][0] <= r["clean"][0] for k in r)
-    config = json.load(open(tmp_path / "rk" / "ard" / "seed_0" / "config.json"))
+        assert all(len(r[k]) == 2 and r[k][i] <= r["clean"][i] for k in r for i in (0, 1))
+    config = json.load(open(tmp_path / "rk" / "ard" / "config.json"))
+    assert len(config["students"]) == 2  # the two seeds trained vmapped
     assert config["train"]["robust"]["method"] == "ard" and config["train"]["robust"]["eps"] == 0.1
     table = (tmp_path / "rk" / "results.md").read_text()
     assert "| ARD (Goldblum et al. 2020) |" in table and "apgd_dlr" in table
-    again = run.run(str(tmp_path / "rk"), rows=rows, seeds=1, say=lambda *a: None)
+    again = run.run(str(tmp_path / "rk"), rows=rows, seeds=2, say=lambda *a: None)
     assert again["rows"] == results["rows"]
 
 

@@ -8,8 +8,8 @@ Command (resumable: finished runs are reused; NOT RUN AT FULL SCALE YET, see com
 2. trains every student row (`common.ROWS`) for `--seeds` seeds, alone or distilled from
    its teacher, with its robust method;
 3. evaluates every model on the test split, clean and under each of `common.ATTACKS`
-   (attacks.robust_accuracy);
-4. writes `results.json` and `results.md` (mean +- std over seeds) into the workdir.
+   (`attack.attacks`: the trainer's test evaluation, per vmapped seed);
+4. writes `results.json` and `results.md` (mean ± std over seeds) into the workdir.
 """
 
 from __future__ import annotations
@@ -24,42 +24,29 @@ from typing import Any
 
 import numpy as np
 
-from distill_jax import attacks
 from distill_jax import config as config_lib
 from distill_jax.config import import_file
 from distill_jax.errors import DistillError
 from distill_jax.report import atomic_write
-from distill_jax.train.loop import fit, load_data, load_teacher
+from distill_jax.train.loop import fit, load_teacher
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 common = import_file(os.path.join(HERE, "common.py"))
 
 
-EVAL_FILE = "robust_kd_eval.json"
-
-
-def evaluate(fitted, split, specs) -> dict[str, float]:
-    """Clean accuracy and robust accuracy under each attack spec, kept beside the run
-    (`EVAL_FILE`, reused while the run and the attacks are the same)."""
-    path = os.path.join(fitted.workdir, EVAL_FILE)
-    settings = [spec.settings() for spec in specs]
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved["settings"] == settings and saved["steps"] == fitted.steps:
-            return saved["accuracy"]
-    out: dict[str, float] = {}
-    for spec in specs:
-        r = attacks.robust_accuracy(fitted.model.apply, fitted.variables, split, spec)
-        out["clean"] = r["clean_accuracy"]
-        out[spec.name] = r["robust_accuracy"]
-    record = {"settings": settings, "steps": fitted.steps, "accuracy": out}
-    atomic_write(path, json.dumps(record, indent=2))
+def accuracies(record: dict[str, Any]) -> dict[str, float]:
+    """Clean accuracy and robust accuracy per attack, from one model's test record (its
+    `robust` list: `attack.attacks`, evaluated by the trainer on the test split)."""
+    out = {"clean": float(record["accuracy"])}
+    for spec, r in zip(common.ATTACKS, record["robust"], strict=True):
+        out[spec["name"]] = float(r["robust_accuracy"])
     return out
 
 
 def _fit(cfg: dict, workdir: str, overrides: Sequence[str], **kwargs):
-    return fit(config_lib.from_dict(cfg, overrides), workdir, **kwargs)
+    """`fit` with the experiment's attacks evaluated on every model's test split."""
+    extra = [f"attack.attacks={common.ATTACKS!r}", *overrides]
+    return fit(config_lib.from_dict(cfg, extra), workdir, **kwargs)
 
 
 def run(
@@ -73,11 +60,9 @@ def run(
     """The whole table (see the module docstring); `overrides` apply to every run."""
     rows = list(common.ROWS) if rows is None else list(rows)
     seeds = common.SEEDS if seeds is None else seeds
-    specs = attacks.parse_attacks(common.ATTACKS)
     t0 = time.time()
     needed = {common.ROWS[r][1] for r in rows} - {None}
     teachers, results = {}, {"teachers": {}, "rows": {}, "seconds": {}}
-    split = None
     for label, method in common.TEACHERS.items():
         if label not in needed and label != "standard":  # the standard one: a reference
             continue
@@ -85,26 +70,22 @@ def run(
         tdir = os.path.join(workdir, "teacher", label)
         fitted = _fit(common.config("teacher", method), tdir, overrides, role="teacher")
         teachers[label] = load_teacher(tdir)
-        if split is None:  # the test split, as the runs load it
-            split = load_data(config_lib.from_dict(common.config("teacher"), overrides)).test
-        results["teachers"][label] = evaluate(fitted, split, specs)
+        results["teachers"][label] = accuracies(fitted.test)
         results["seconds"][f"teacher_{label}"] = time.time() - t
         say(f"teacher {label}: {results['teachers'][label]}")
     for row in rows:
         method, teacher = common.ROWS[row]
         t = time.time()
-        per_seed = []
-        for seed in range(seeds):
-            sub = os.path.join(workdir, row, f"seed_{seed}")
-            fitted = _fit(
-                common.config("student", method),
-                sub,
-                overrides,
-                role="student",
-                seed=seed,
-                teacher=None if teacher is None else teachers[teacher],
-            )
-            per_seed.append(evaluate(fitted, split, specs))
+        cfg = common.config("student", method)
+        cfg["vmap"] = {"students": seeds}  # the seeds train together, vmapped
+        fitted = _fit(
+            cfg,
+            os.path.join(workdir, row),
+            overrides,
+            role="student",
+            teacher=None if teacher is None else teachers[teacher],
+        )
+        per_seed = [accuracies(s) for s in (fitted.students or [fitted.test])]
         results["rows"][row] = {k: [s[k] for s in per_seed] for k in per_seed[0]}
         results["seconds"][row] = time.time() - t
         say(f"{row}: {results['rows'][row]}")
@@ -116,8 +97,13 @@ def run(
     return results
 
 
+def _std(values: Sequence[float]) -> float:
+    """The sample standard deviation (ddof 1) over seeds; 0 for one seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def table(results: dict[str, Any]) -> str:
-    """results.md: accuracy (%) clean and under each attack, mean +- std over seeds."""
+    """results.md: accuracy (%) clean and under each attack, mean ± std over seeds."""
     names = ["clean", *(a["name"] for a in results["settings"]["attacks"])]
     lines = [
         f"eps = {results['settings']['eps']} (L-inf, pixels in [0, 1]); test accuracy (%)",
@@ -130,7 +116,7 @@ def table(results: dict[str, Any]) -> str:
             f"| teacher ({label}) | " + " | ".join(f"{100 * r[n]:.1f}" for n in names) + " |"
         )
     for row, r in results["rows"].items():
-        cells = [f"{100 * np.mean(r[n]):.1f} +- {100 * np.std(r[n]):.1f}" for n in names]
+        cells = [f"{100 * np.mean(r[n]):.1f} ± {100 * _std(r[n]):.1f}" for n in names]
         lines.append(f"| {common.LABELS[row]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
