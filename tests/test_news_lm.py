@@ -322,3 +322,53 @@ def test_llama_takes_its_vocabulary_from_the_data(text_dir, data_dir):
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32)), train=False)
     )
     assert shapes["params"]["embed"]["embedding"].shape == (49152, 32)
+
+
+def test_a_teacher_of_another_vocabulary_is_refused(teacher_run, text_dir, data_dir, tmp_path):
+    import dataclasses
+
+    teacher = loop.load_teacher(teacher_run[0])
+    other = dataclasses.replace(teacher, identity={**teacher.identity, "num_classes": 32000})
+    with pytest.raises(ConfigError, match="teacher/data vocabulary mismatch.*32000 tokens.*49152"):
+        loop.fit(lm_config(text_dir, data_dir), str(tmp_path / "s"), role="student", teacher=other)
+
+
+def test_distill_without_a_teacher_needs_init_from(text_dir, data_dir):
+    from distill_jax.train.inputs import pretrained_teacher
+
+    config = lm_config(text_dir, data_dir)
+    info = data.get_info(config.data.name, data_dir)
+    with pytest.raises(ConfigError, match=r"or \(language-model data\) teacher.model.init_from"):
+        pretrained_teacher(config, info)
+
+
+@pytest.mark.slow
+def test_cli_distils_from_the_pretrained_smollm2_teacher(text_dir, data_dir, tmp_path):
+    """`distill` without --teacher: SmolLM2-135M-Q4 from its GGUF (teacher.model.init_from)
+    teaches a Minitron-style student, its layers 0 and 29 (about a minute on 2 cores)."""
+    workdir = tmp_path / "student"
+    overrides = {
+        "data.name": f"text_lm/len32:{text_dir}",
+        "data.data_dir": data_dir,
+        "data.train_split": "train[:16]",
+        "data.eval_batch_size": 8,
+        "teacher.model": {"name": "llama", "init_from": "smollm2-135m-q4"},
+        "student.model": {
+            "name": "llama",
+            "init_from": "smollm2-135m-q4",
+            "num_layers": 2,
+            "init_layers": [0, 29],
+        },
+        "student.train.epochs": 1,
+        "student.train.batch_size": 8,
+        "distill.alpha": 0.0,
+        "distill.losses": {"lm_kl": {"weight": 1.0}},
+        "log.progress": False,
+    }
+    args = [f"--config.{k}={v!r}" for k, v in overrides.items()]
+    assert main(["distill", "--workdir", str(workdir), *args]) == 0
+    result = json.loads((workdir / "eval.json").read_text())
+    for key in ("perplexity", "agreement", "kl", "params"):
+        assert key in result, key
+    teacher = json.loads((workdir / "config.json").read_text())["teacher"]
+    assert teacher["pretrained"] == "smollm2-135m-q4" and teacher["num_classes"] == 49152
