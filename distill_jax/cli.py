@@ -4,6 +4,7 @@
     distill-jax sweep    --config FILE --workdir DIR [--pairs ...] [--methods ...]
     distill-jax train    --config FILE --workdir DIR [--role teacher|student]
     distill-jax distill  --config FILE --workdir DIR --teacher TEACHER_DIR
+                         (language-model data: no --teacher takes teacher.model.init_from)
                          [--teacher_cache CACHE_DIR] [--vmap_students N]
     distill-jax cache-teacher --config FILE --teacher TEACHER_DIR --workdir CACHE_DIR
                          [--top_k K] [--views V]
@@ -239,6 +240,7 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
         )
     # Heavy imports after argument parsing, so `--help` and usage errors are instant.
     from distill_jax.train import loop
+    from distill_jax.train.inputs import pretrained_teacher
 
     if args.command in ("evaluate", "export"):
         if overrides:
@@ -301,13 +303,13 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
         )
     else:  # distill
         teacher_dir = args.teacher or config.teacher.workdir
-        if not teacher_dir and not config.distill.cache:
-            raise ConfigError(
-                "distill needs a teacher: --teacher DIR, teacher.workdir or --teacher_cache"
-            )
         teacher = None
         if teacher_dir:
             teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
+        elif not config.distill.cache:
+            # A language model's teacher may come straight from its pretrained checkpoint
+            # (teacher.model.init_from); anything else needs one of the above.
+            teacher = pretrained_teacher(config, loop.load_data(config).info)
         compare_to = teacher
         if config.distill.assistants:
             teacher = _assistants(args, config, teacher)
@@ -428,6 +430,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from distill_jax import config as config_lib
     from distill_jax.attacks import check_inputs, robust_accuracy
     from distill_jax.evaluation import Evaluator, model_summary
+    from distill_jax.tasks import task_of
     from distill_jax.train import loop
     from distill_jax.train.inputs import load_run_split
 
@@ -444,14 +447,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         loop.check_teacher(teacher, split.info)
     for spec in specs:
         check_inputs(spec, split.info, f"--attack {spec.name}")
-    task = None  # classification; a tag per token (NER) is evaluated by its task
-    if split.info.per_token:
-        from distill_jax.tasks import Tagging
-
-        task = Tagging(tag_names=split.info.class_names)
+    # Classification, a tag per token (NER) or next-token prediction (perplexity).
+    task = task_of(split.info)
     evaluator = Evaluator(run.model, task=task, teacher=teacher, batch_size=eval_batch_size)
     metrics = evaluator(run.variables, split)
-    metrics.update(model_summary(run.model, run.variables, split.info.image_shape))
+    metrics.update(model_summary(run.model, run.variables, split.info.image_shape, task=task))
     metrics["split"] = args.split
     metrics["step"] = run.identity["step"]
     if specs:

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from distill_jax.errors import ConfigError, UserCodeError
+from distill_jax.errors import ConfigError, DatasetError, UserCodeError
 
 ROLES = ("teacher", "student")
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -524,6 +524,14 @@ def validate(cfg: dict[str, Any]) -> None:
         # working directory (evaluate, export, resume).
         directory = os.path.abspath(os.path.expanduser(name[len("conll:") :]))
         cfg["data"]["name"] = f"conll:{directory}"
+    if isinstance(name, str) and name.startswith("text_lm") and ":" in name:  # data/lm.py
+        from distill_jax.data.lm import parse_text_lm, text_lm_name
+
+        try:
+            length, path = parse_text_lm(name)
+        except DatasetError as e:  # the name is a config value
+            raise ConfigError(f"data.name: {e}") from None
+        cfg["data"]["name"] = text_lm_name(length, os.path.abspath(os.path.expanduser(path)))
     if cfg["data"]["length_bucket"] and cfg["data"]["pipeline"] in ("device", "stream"):
         raise ConfigError(
             "data.length_bucket cuts each batch on the host from the split in memory: set "

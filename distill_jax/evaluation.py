@@ -5,7 +5,11 @@ Metrics: top-1 accuracy, negative log-likelihood, expected calibration error (EC
 width confidence bins, Guo et al. 2017), and against a teacher: top-1 agreement and
 KL(teacher || student) at T=1. Token classification (`tasks.Tagging`) reports them per
 tagged token, plus entity-level precision / recall / F1 from the tag sequences the task
-collects per example (`Task.row_keys`).
+collects per example (`Task.row_keys`). A causal language model (`tasks.CausalLM`)
+reports them per target token, with perplexity = exp(mean NLL over the split's tokens);
+its teacher runs beside it batch by batch, so no split's `(N, T, V)` teacher logits are
+ever held (`Task.cache_teacher_logits`), and its batches are capped in tokens
+(`Task.eval_rows`).
 """
 
 from __future__ import annotations
@@ -63,7 +67,10 @@ class Evaluator:
 
     The teacher's logits on a split are computed once and reused for every later call on
     the same split (each of a run's vmapped students, each evaluation of a sweep): the
-    teacher is often the costliest part of an evaluation.
+    teacher is often the costliest part of an evaluation. A task whose logits are too
+    large to keep (`Task.cache_teacher_logits` False: a language model's `(N, T, V)`)
+    runs the teacher and the model in one compiled step per batch instead, and only the
+    sums leave the device.
 
     Args:
         model: the model to evaluate (BatchNorm in inference mode, no pmap axis).
@@ -91,7 +98,12 @@ class Evaluator:
         self._step = jax.jit(make_eval_step(model, self.task))
         if teacher is not None:
             self._teacher_vars = self._replicate(teacher.variables)
-            self._teacher_step = jax.jit(make_teacher_step(teacher.model, self.task))
+            teacher_step = make_teacher_step(teacher.model, self.task)
+            self._teacher_step = jax.jit(teacher_step)
+            eval_step = make_eval_step(model, self.task)
+            self._joint_step = jax.jit(
+                lambda v, tv, batch: eval_step(v, teacher_step(tv, batch), batch)
+            )
         self._teacher_logits: tuple[Any, list[jax.Array]] | None = None  # (split, per batch)
 
     def _replicate(self, tree: Any) -> Any:
@@ -108,21 +120,27 @@ class Evaluator:
         sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
         totals: dict[str, np.ndarray] = {}
         rows: dict[str, list[np.ndarray]] = {k: [] for k in self.task.row_keys}
+        joint = self.teacher is not None and not self.task.cache_teacher_logits
         known = self._teacher_logits is not None and self._teacher_logits[0] is split
         teacher_logits = self._teacher_logits[1] if known else []
-        for i, batch in enumerate(data_lib.eval_batches(split, self.batch_size)):
+        n = self.mesh.devices.size
+        batch_size = -(-self.task.eval_rows(self.batch_size, split.info.image_shape) // n) * n
+        for i, batch in enumerate(data_lib.eval_batches(split, batch_size)):
             keep = np.asarray(batch["mask"], bool)
             batch = jax.device_put({k: batch[k] for k in ("image", "label", "mask")}, sharding)
-            if self.teacher is not None and not known:
-                teacher_logits.append(self._teacher_step(self._teacher_vars, batch))
-            sums = self._step(variables, teacher_logits[i] if self.teacher else None, batch)
+            if joint:  # the teacher's logits never leave the step
+                sums = self._joint_step(variables, self._teacher_vars, batch)
+            else:
+                if self.teacher is not None and not known:
+                    teacher_logits.append(self._teacher_step(self._teacher_vars, batch))
+                sums = self._step(variables, teacher_logits[i] if self.teacher else None, batch)
             for k, v in jax.device_get(sums).items():
                 if k in rows:  # per-example rows (a tagging task's tag sequences)
                     rows[k].append(np.asarray(v)[keep])
                 else:
                     totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
         totals.update({k: np.concatenate(v) for k, v in rows.items() if v})
-        if self.teacher is not None:
+        if self.teacher is not None and not joint:
             self._teacher_logits = (split, teacher_logits)
         return self.task.reduce(totals, with_teacher=self.teacher is not None)
 
@@ -151,13 +169,16 @@ def measure_latency(
 
     Returns:
         `latency_ms_per_example` at `batch_size` (throughput view) and
-        `latency_ms_batch1` (one example at a time).
+        `latency_ms_batch1` (one example at a time; measured once when `batch_size` is 1).
     """
     device = jax.devices()[0]
     fn = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
     variables = jax.device_put(variables, device)
     result = {}
-    for name, bs in (("latency_ms_per_example", batch_size), ("latency_ms_batch1", 1)):
+    sizes = [("latency_ms_per_example", batch_size)]
+    if batch_size != 1:
+        sizes.append(("latency_ms_batch1", 1))
+    for name, bs in sizes:
         x = jax.device_put(jnp.zeros((bs, *image_shape), jnp.float32), device)
         fn(variables, x).block_until_ready()  # compile
         times = []
@@ -166,15 +187,24 @@ def measure_latency(
             fn(variables, x).block_until_ready()
             times.append(time.perf_counter() - t0)
         result[name] = float(np.median(times) * 1e3 / bs)
+    result.setdefault("latency_ms_batch1", result["latency_ms_per_example"])
     return result
 
 
 def model_summary(
-    model: nn.Module, variables: Any, image_shape: tuple[int, ...], latency_batch: int = 256
+    model: nn.Module,
+    variables: Any,
+    image_shape: tuple[int, ...],
+    latency_batch: int = 256,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Parameter count, forward FLOPs per example and measured latency of a model."""
+    """Parameter count, forward FLOPs per example (a sequence of a token-id model) and
+    measured latency of a model; `task` sets the latency batch and repeats
+    (`Task.latency_batch_size`, `Task.latency_repeats`; a language model: batch 1)."""
+    task = Classification() if task is None else task
+    batch = task.latency_batch_size(latency_batch)
     return {
         "params": count_params(variables["params"]),
         "flops_per_example": flops_per_example(model, variables, image_shape),
-        **measure_latency(model, variables, image_shape, latency_batch),
+        **measure_latency(model, variables, image_shape, batch, task.latency_repeats),
     }

@@ -372,13 +372,11 @@ def _evaluate(model, variables, spec, data_dir, input_shape) -> dict[str, Any]:
 
     split = load_run_split(spec, "test", data_dir)
     batch_size = from_dict({"data": spec["data"]}).data.eval_batch_size
-    task = None  # classification; a tag per token (NER) has its own metrics
-    if split.info.per_token:
-        from distill_jax.tasks import Tagging
+    from distill_jax.tasks import task_of
 
-        task = Tagging(tag_names=split.info.class_names)
+    task = task_of(split.info)  # classification, a tag per token, or next-token prediction
     metrics = Evaluator(model, task=task, batch_size=batch_size)(variables, split)
-    metrics.update(model_summary(model, variables, input_shape, 64))
+    metrics.update(model_summary(model, variables, input_shape, 64, task))
     metrics["examples"] = len(split)
     return metrics
 

@@ -42,6 +42,17 @@ from distill_jax.losses.lm import CHUNK_SIZE, lm_divergence, token_cross_entropy
 from distill_jax.losses.task import cross_entropy
 
 
+def task_of(info: Any, ece_bins: int = 15) -> Task:
+    """The task that evaluates a dataset (`data.DatasetInfo`): `CausalLM` for language-model
+    data, `Tagging` for a tag per token, else `Classification` (without augmentation:
+    training views are `train.inputs.make_task`'s business)."""
+    if getattr(info, "causal_lm", False):
+        return CausalLM()
+    if info.per_token:
+        return Tagging(tag_names=info.class_names, ece_bins=ece_bins)
+    return Classification(ece_bins=ece_bins)
+
+
 def ece_from_bins(count_K: np.ndarray, conf_K: np.ndarray, correct_K: np.ndarray) -> float:
     """Expected calibration error from per-bin sums: sum_k n_k/N |acc_k - conf_k|."""
     total = count_K.sum()
@@ -65,6 +76,21 @@ class Task:
     #: The validation metric (higher is better) that picks a run's best checkpoint
     #: (`teacher.checkpoint = "best"`, `checkpoint.keep`'s kept best step).
     selection_metric: str = "accuracy"
+    #: Whether the evaluator may keep the teacher's logits of a whole split to reuse them
+    #: (cheap for a label per example; a language model's `(N, T, V)` logits are not).
+    cache_teacher_logits: bool = True
+    #: Timed calls per batch size when measuring latency (`evaluation.measure_latency`).
+    latency_repeats: int = 20
+
+    def eval_rows(self, batch_size: int, input_shape: tuple[int, ...]) -> int:
+        """Examples per evaluation batch, given `data.eval_batch_size`."""
+        del input_shape
+        return batch_size
+
+    def latency_batch_size(self, batch_size: int) -> int:
+        """The throughput batch of the latency measurement, given
+        `eval.latency_batch_size`."""
+        return batch_size
 
     def term_mask(self, labels: jax.Array, mask: jax.Array | None) -> jax.Array | None:
         """What the distillation terms average over (`mask_B` of every logit loss): the
@@ -405,13 +431,33 @@ class CausalLM(Task):
     divides by the token count, so `perplexity = exp(total NLL / total tokens)` is
     token-weighted over the whole split (not a mean of per-batch perplexities).
 
+    Evaluation holds no split's teacher logits: each batch's teacher forward runs beside
+    the student's and only the sums leave the device (`cache_teacher_logits`), and a
+    batch holds at most `eval_tokens` tokens whatever `data.eval_batch_size` says (the
+    `(B, T, V)` logits of one batch are `B * T * V * 4` bytes: 400 MB at 2,048 tokens of
+    a 49,152 vocabulary). Latency is measured at batch 1 (a sequence at a time) with a
+    few repeats.
+
     Attributes:
         chunk_size: vocabulary columns per chunk of the log-sum-exps (None: one chunk).
+        eval_tokens: the most tokens (rows x sequence length) in an evaluation batch
+            (at least one row).
     """
 
     chunk_size: int | None = CHUNK_SIZE
+    eval_tokens: int = 2048
     logits_rank = 3
     unlabelled = False
+    selection_metric = "accuracy"  # next-token accuracy (perplexity is lower-is-better)
+    cache_teacher_logits = False
+    latency_repeats = 3
+
+    def eval_rows(self, batch_size, input_shape):
+        return max(1, min(batch_size, self.eval_tokens // max(int(input_shape[-1]), 1)))
+
+    def latency_batch_size(self, batch_size):
+        del batch_size
+        return 1
 
     @staticmethod
     def labels_from(tokens_BT: jax.Array, loss_mask_BT: jax.Array) -> jax.Array:
@@ -512,4 +558,12 @@ class CausalLM(Task):
         return out
 
 
-__all__ = ["CausalLM", "Classification", "Tagging", "Task", "ece_from_bins", "entity_scores"]
+__all__ = [
+    "CausalLM",
+    "Classification",
+    "Tagging",
+    "Task",
+    "ece_from_bins",
+    "entity_scores",
+    "task_of",
+]

@@ -30,7 +30,7 @@ def test_experiment_file_and_overrides():
         ("studnt.train.epochs=3", "did you mean 'student'"),
         ("student.train.epoch=3", "did you mean 'epochs'"),
         ("teacher.model.dropot=0.1", "did you mean 'dropout'"),
-        ("teacher.model.name='mlpp'", "valid models: bert, bilstm, bilstm_tagger, cnn, mlp"),
+        ("teacher.model.name='mlpp'", "valid models: bert, bilstm, bilstm_tagger, cnn, llama"),
         ("student.train.optimizer='sgdd'", "valid values: sgd, adamw, adam"),
         ("distill.alpha=1.5", "distill.alpha must be in [0, 1]"),
         ("distill.temperature=0", "distill.temperature must be > 0"),

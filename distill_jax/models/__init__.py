@@ -219,7 +219,9 @@ def create_model(
     Args:
         model_cfg: `{"name": ..., **kwargs}`, validated with the config
             (`validate_model_config`); this only builds it.
-        num_classes: number of logits (from the dataset).
+        num_classes: number of logits (from the dataset; a language model's vocabulary,
+            which a model with `vocab_from_data` takes as its `vocab_size` unless the
+            config sets one).
         dtype: computation dtype.
         axis_name: pmap axis for cross-device BatchNorm statistics, where a model has any.
 
@@ -232,6 +234,8 @@ def create_model(
     field_names = {f.name for f in dataclasses.fields(cls)}
     if "axis_name" in field_names:
         kwargs["axis_name"] = axis_name
+    if getattr(cls, "vocab_from_data", False) and "vocab_size" not in kwargs and num_classes:
+        kwargs["vocab_size"] = num_classes
     return cls(num_classes=num_classes, dtype=dtype, **kwargs)
 
 

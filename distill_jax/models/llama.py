@@ -172,7 +172,8 @@ class Llama(nn.Module):
         num_classes: 0 (the logits are over `vocab_size`), or `vocab_size` itself: the
             pipeline passes the dataset's vocabulary here, and any other number is a
             ConfigError naming both sizes (a student must share the teacher's vocabulary).
-        vocab_size: V, the tokenizer's vocabulary.
+        vocab_size: V, the tokenizer's vocabulary; `create_model` sets it to the
+            dataset's (`vocab_from_data`) when a config leaves it out.
         hidden_size: model width D.
         num_layers: number of decoder blocks.
         num_heads: query heads H (must divide `hidden_size`).
@@ -206,6 +207,8 @@ class Llama(nn.Module):
     init_from: str | None = None
     init_layers: Sequence[int] | None = None
     dtype: str = "float32"
+
+    vocab_from_data = True  # not a field: `create_model` passes the data's vocabulary
 
     @property
     def head_dim(self) -> int:

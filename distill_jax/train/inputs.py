@@ -1,8 +1,11 @@
 """What a run reads: its dataset splits and its (frozen) teacher.
 
 `load_data` loads a config's three splits once per process; `load_teacher` restores a
-finished `train` run read-only; `teacher_source` turns the config's `distill` section
-and a teacher into the source a train step reads the teacher's outputs from.
+finished `train` run read-only; `pretrained_teacher` takes a language-model teacher
+straight from its checkpoint (`teacher.model.init_from`, e.g. `smollm2-135m-q4`), no
+training run needed; `make_task` picks the task from the dataset (classification,
+tagging, causal LM); `teacher_source` turns the config's `distill` section and a teacher
+into the source a train step reads the teacher's outputs from.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from distill_jax.config import teacher_checkpoint_epoch
 from distill_jax.data.text_augment import TokenAugment
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.models import create_model, validate_model_config
-from distill_jax.tasks import Classification, Tagging, Task
+from distill_jax.tasks import CausalLM, Classification, Tagging, Task
 from distill_jax.teachers import (
     ExposedTeacher,
     NoTeacher,
@@ -324,8 +327,24 @@ def teacher_in_dtype(teacher: Teacher, dtype: str) -> Teacher:
     return dataclasses.replace(teacher, model=model, variables=variables)
 
 
+def _teacher_source_name(teacher: Teacher, key: str) -> str:
+    """Where a teacher came from, for messages: its workdir or its pretrained checkpoint."""
+    ident = teacher.identity
+    if ident.get("workdir"):
+        return f"{key} {ident['workdir']}"
+    return f"teacher.model.init_from {ident.get('pretrained')!r}"
+
+
 def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--teacher") -> None:
-    """Refuses a teacher whose classes or input shape do not fit the student's dataset."""
+    """Refuses a teacher whose classes (an LM's vocabulary) or input shape do not fit the
+    student's dataset."""
+    if info.causal_lm and teacher.identity["num_classes"] != info.num_classes:
+        raise ConfigError(
+            f"teacher/data vocabulary mismatch: the teacher ({_teacher_source_name(teacher, key)}) "
+            f"predicts {teacher.identity['num_classes']} tokens, dataset '{info.name}' is "
+            f"tokenised into {info.num_classes}; distil on text tokenised by the teacher's "
+            f"tokenizer"
+        )
     if teacher.identity["num_classes"] != info.num_classes:
         raise ConfigError(
             f"teacher/student class-count mismatch: the teacher ({key} "
@@ -340,6 +359,72 @@ def check_teacher(teacher: Teacher, info: data_lib.DatasetInfo, key: str = "--te
         )
 
 
+def check_vocab(
+    config: ml_collections.ConfigDict,
+    role: str,
+    info: data_lib.DatasetInfo,
+    teacher: Teacher | None,
+) -> None:
+    """Refuses, before anything is built, a language-model student whose vocabulary differs
+    from its teacher's: the distillation terms compare next-token distributions position
+    by position over one vocabulary.
+
+    Raises:
+        ConfigError: naming both sizes.
+    """
+    if not info.causal_lm or teacher is None:
+        return
+    teacher_vocab = int(getattr(teacher.model, "vocab_size", teacher.identity["num_classes"]))
+    student_vocab = int(config[role].model.to_dict().get("vocab_size", info.num_classes))
+    if student_vocab != teacher_vocab:
+        raise ConfigError(
+            f"student/teacher vocabulary mismatch: {role}.model has a vocabulary of "
+            f"{student_vocab} tokens, the teacher ({_teacher_source_name(teacher, '--teacher')}) "
+            f"{teacher_vocab}; a student distils the teacher's next-token distributions, so "
+            f"both must share its tokenizer (leave vocab_size unset to take the data's "
+            f"{info.num_classes})"
+        )
+
+
+def pretrained_teacher(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> Teacher:
+    """The teacher of a language-model run straight from its pretrained checkpoint:
+    `teacher.model` with `init_from` (a `.gguf` file, a Hugging Face Llama directory or a
+    known name such as `smollm2-135m-q4`) and its weights as they are, no training run.
+
+    Raises:
+        ConfigError: the data is not language-model data, or `teacher.model` has no
+            `init_from` (the message names the other ways to give a teacher).
+        CheckpointError: see `hf_llama.init_from_checkpoint`.
+    """
+    model_cfg = config.teacher.model.to_dict()
+    if not info.causal_lm or not model_cfg.get("init_from"):
+        extra = " or (language-model data) teacher.model.init_from" if info.causal_lm else ""
+        raise ConfigError(
+            f"distill needs a teacher: --teacher DIR, teacher.workdir or --teacher_cache{extra}"
+        )
+    model = create_model(model_cfg, info.num_classes)
+    if not hasattr(model, "initial_params"):
+        raise ConfigError(
+            f"teacher.model {model_cfg['name']!r} cannot load a pretrained checkpoint "
+            f"(init_from); pass --teacher DIR"
+        )
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *info.image_shape)), train=False)
+    )
+    variables = {"params": model.initial_params(shapes["params"])}
+    identity = {
+        "workdir": None,
+        "pretrained": model_cfg["init_from"],
+        "step": 0,
+        "model": model_cfg,
+        "num_classes": info.num_classes,
+        "image_shape": list(info.image_shape),
+        "dataset": None,
+        "sha256": fingerprint(variables),
+    }
+    return Teacher(model=model, variables=variables, identity=identity)
+
+
 def _word_embeddings(checkpoint: str) -> np.ndarray:
     """The `(V, D)` word-piece embedding table of a BERT checkpoint (name or directory)."""
     from distill_jax.models import hf_bert
@@ -348,13 +433,17 @@ def _word_embeddings(checkpoint: str) -> np.ndarray:
 
 
 def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Task:
-    """The run's task: `Tagging` for a dataset with a tag per token (NER), else
-    `Classification` with its training views (`role.train` augmentation) and whether the
-    training split holds unlabelled rows; refuses augmentation of the wrong input kind."""
+    """The run's task: `CausalLM` for language-model data (`DatasetInfo.task`), `Tagging`
+    for a dataset with a tag per token (NER), else `Classification` with its training
+    views (`role.train` augmentation) and whether the training split holds unlabelled
+    rows; refuses augmentation of the wrong input kind."""
     train = config[role].train
     info = data.info
     tokens = train.token_augment
     token_aug = any(tokens[k] for k in ("mask", "replace", "ngram"))
+    if info.causal_lm:
+        _check_causal_lm(config, role, info, token_aug)
+        return CausalLM()
     if info.per_token:
         _check_tagging(config, role, info, token_aug)
         return Tagging(tag_names=info.class_names, ece_bins=config.eval.ece_bins)
@@ -401,6 +490,33 @@ def _check_tagging(config, role: str, info: data_lib.DatasetInfo, token_aug: boo
             raise ConfigError(
                 f"{key} is not supported for token classification (dataset '{info.name}' "
                 f"has a tag per token); leave it at its default"
+            )
+
+
+def _check_causal_lm(config, role: str, info: data_lib.DatasetInfo, token_aug: bool) -> None:
+    """What language-model data does not support (yet): each refused by its key.
+
+    Robust training and attacks are refused by their own checks (token ids are discrete);
+    latency is measured at batch 1 (`CausalLM.latency_batch_size`)."""
+    unsupported = {
+        f"{role}.train.token_augment": token_aug,
+        f"{role}.train.translate / flip": bool(config[role].train.translate)
+        or bool(config[role].train.flip),
+        # Packed sequences are full length: there is no padding to cut.
+        "data.length_bucket": bool(config.data.length_bucket),
+        "data.unlabelled": bool(config.data.unlabelled),
+        # The teacher cache stores one row of logits per example, not one per token.
+        "distill.cache": bool(config.distill.cache),
+        "distill.exposure other than 'full'": config.distill.exposure != "full",
+        # Under pmap each device averages over its own target tokens and the means are
+        # averaged: not the global token mean when devices hold different numbers.
+        "parallel.strategy 'pmap'": config.parallel.strategy == "pmap",
+    }
+    for key, used in unsupported.items():
+        if used:
+            raise ConfigError(
+                f"{key} is not supported for causal language modelling (dataset "
+                f"'{info.name}' holds next-token targets); leave it at its default"
             )
 
 

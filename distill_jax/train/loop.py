@@ -80,7 +80,7 @@ def _validate(run: Run, evaluator: Evaluator, log: MetricsLog, state, done: int)
     """Validation metrics of every student; logs them and returns the checkpoint's."""
     vals = [evaluator(v, run.data.validation) for v in run.students.each(state.variables)]
     val = _mean_metrics(vals)
-    record = {k: val[k] for k in ("accuracy", "nll", "ece", "entity_f1") if k in val}
+    record = {k: val[k] for k in ("accuracy", "nll", "ece", "entity_f1", "perplexity") if k in val}
     if run.members is not None:
         record["accuracy_students"] = [v["accuracy"] for v in vals]
     log.write(done, "validation", record)
@@ -181,7 +181,7 @@ def _test(run: Run, final: TrainState, skipped: int) -> FitResult:
     each = run.students.each(final.variables)
     tests = [tester(v, run.data.test) for v in each]
     summary = model_summary(
-        run.eval_model, each[0], info.image_shape, config.eval.latency_batch_size
+        run.eval_model, each[0], info.image_shape, config.eval.latency_batch_size, run.task
     )
     tests = [{**t, **summary, "skipped_steps": skipped} for t in tests]
     if config.attack.attacks:  # robust accuracy under each attack, settings beside it

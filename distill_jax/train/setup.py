@@ -49,7 +49,14 @@ from distill_jax.teachers import (
     TeacherSource,
 )
 from distill_jax.train.checkpointing import Checkpointer
-from distill_jax.train.inputs import Data, check_teacher, load_data, make_task, teacher_source
+from distill_jax.train.inputs import (
+    Data,
+    check_teacher,
+    check_vocab,
+    load_data,
+    make_task,
+    teacher_source,
+)
 from distill_jax.train.optim import make_optimizer, scale_by_lr_scale
 from distill_jax.train.state import TrainState, create_student_states, create_train_state
 from distill_jax.train.steps import One, Students, frozen_inputs, make_train_step
@@ -520,6 +527,7 @@ def setup(
     data = load_data(config)
     for t in {id(t): t for t in (teacher, compare_to) if t is not None}.values():
         check_teacher(t, data.info)
+    check_vocab(config, role, data.info, teacher)
     if config.data.pipeline == "device" and not isinstance(data.train, data_lib.ArraySplit):
         raise ConfigError("data.pipeline='device' needs the training split in memory")
     plan = _plan(config, role, seed, data, teacher, variant)
