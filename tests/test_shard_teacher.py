@@ -30,7 +30,7 @@ from distill_jax.parallel import (
     tree_bytes,
 )
 from distill_jax.tasks import CausalLM, Classification
-from distill_jax.teachers import OnlineTeacher, Teacher
+from distill_jax.teachers import CachedTeacher, OnlineTeacher, Teacher
 from distill_jax.train import loop
 from distill_jax.train.optim import make_optimizer
 from distill_jax.train.state import create_train_state
@@ -165,6 +165,31 @@ def test_sharded_teacher_step_equals_replicated(teacher):
     # The new state stays replicated, so the step never recompiles for a new layout.
     assert _fully_replicated(state)
     assert compiled._cache_size() == 1
+
+
+def test_a_sharded_teacher_cache_gives_the_replicated_step():
+    """A cache's `(N, views, K)` logits are frozen teacher arrays too: rows split over
+    the devices, gathered by the batch's indices inside the step."""
+    student = create_model({"name": "mlp", "hidden": [16]}, 10)
+    values = np.random.default_rng(5).normal(size=(1024, 2, 10)).astype(np.float32)
+    source = CachedTeacher(values, None, seed=0, views=2, steps_per_epoch=1)
+    objective = Objective(
+        {"alpha": 0.3, "temperature": 4.0, "losses": {}}, task=Classification(translate=1)
+    )
+    tx = optax.sgd(0.1)
+    step = make_train_step(student, tx, objective, teacher=source, data_seed=0)
+    out = {}
+    for shard in (False, True):
+        strategy = make_strategy("jit", shard_teacher=shard)
+        strategy.shard_min_size = 1024
+        compiled = strategy.compile_step(step)
+        state = strategy.put_replicated(create_train_state(student, tx, IMAGE_SHAPE, seed=0))
+        frozen = frozen_inputs(strategy.put_teacher(source.arrays()))
+        assert frozen["teacher"]["values"].sharding.is_fully_replicated is not shard
+        for i in range(3):
+            state, metrics = compiled(state, frozen, strategy.put_batch(_batch(seed=i)))
+        out[shard] = (jax.device_get(metrics), state.params)
+    _assert_trees_close(out[True], out[False], what="cached")
 
 
 def test_sharded_teacher_is_never_donated():
