@@ -228,7 +228,12 @@ def default_config() -> dict[str, Any]:
             "int8": True,  # post-training int8 quantization of the distilled student
             "qat_epochs": 5,  # quantization-aware training with KD (0: off)
         },
-        "parallel": {"strategy": "jit"},  # jit (sharded over a data mesh) | pmap
+        "parallel": {
+            "strategy": "jit",  # jit (sharded over a data mesh) | pmap
+            # The teacher's arrays split FSDP-style over the devices (~1/N each; jit only):
+            # False (replicated) | True | "auto" (sharded from 1 GiB; parallel.py).
+            "shard_teacher": False,
+        },
         "checkpoint": {
             "every_steps": 1000,
             "keep": 2,  # latest checkpoints kept (plus the best by validation accuracy)
@@ -434,6 +439,8 @@ def set_key(cfg: dict[str, Any], key: str, value: Any) -> None:
 def _check_types(value: Any, default: Any, key: str) -> Any:
     if key in _FREE_KEYS:  # free-form dicts, checked by their own registries
         return value
+    if key == "parallel.shard_teacher":  # a bool or "auto": checked in validate
+        return value
     if isinstance(default, dict):
         return {k: _check_types(value[k], default[k], f"{key}.{k}") for k in default}
     if key in _OPTIONAL_NUMBERS:
@@ -504,6 +511,7 @@ def validate(cfg: dict[str, Any]) -> None:
     from distill_jax.exposure import parse as parse_exposure
     from distill_jax.models import validate_model_config
     from distill_jax.objective import validate_losses
+    from distill_jax.parallel import check_shard_teacher
     from distill_jax.robust import validate_section as validate_robust
 
     defaults = default_config()
@@ -512,6 +520,7 @@ def validate(cfg: dict[str, Any]) -> None:
     validate_losses(cfg["distill"]["losses"])
     _choice(cfg["dtype"], DTYPES, "dtype")
     _choice(cfg["parallel"]["strategy"], STRATEGIES, "parallel.strategy")
+    check_shard_teacher(cfg["parallel"]["shard_teacher"], cfg["parallel"]["strategy"])
     _choice(cfg["data"]["pipeline"], PIPELINES, "data.pipeline")
     if cfg["data"]["shuffle_seed"] < -1:
         raise ConfigError(

@@ -328,7 +328,9 @@ def check_robust(
 def _plan(config, role: str, seed: int, data: Data, teacher: Teacher | None, variant):
     """Everything about the run that can fail on bad input; writes nothing."""
     info = data.info
-    strategy = make_strategy(config.parallel.strategy)
+    strategy = make_strategy(
+        config.parallel.strategy, shard_teacher=config.parallel.get("shard_teacher", False)
+    )
     steps_per_epoch = _check_inputs(config, role, data, strategy)
     task = make_task(config, role, data)
     for i, spec in enumerate(parse_attacks(config.attack.attacks)):  # robust test accuracy
@@ -452,7 +454,7 @@ def _compile(config, role: str, seed: int, plan: dict[str, Any]) -> dict[str, An
     split = {"image": data.train.images, "label": data.train.labels} if resident else None
     arrays = source.arrays()
     frozen = frozen_inputs(
-        teacher=None if arrays is None else strategy.put_replicated(arrays),
+        teacher=None if arrays is None else strategy.put_teacher(arrays),
         data=None if split is None else strategy.put_replicated(split),
     )
     train_ds = data_lib.train_dataset(
