@@ -24,8 +24,16 @@ A source has four parts:
 * `__call__(frozen, inputs, index, step) -> (inputs, outputs)`: the teacher's outputs,
   `{"logits": (B, C), "features": {...}}` or `{"topk": (values, indices)}` or None, and
   the inputs the student trains on. A source that generates its own inputs (the on-policy
-  source of language-model distillation: sequences sampled from the student and scored by
-  the teacher) returns new ones here; the student's update is the same either way.
+  source of language-model distillation, `on_policy.OnPolicyTeacher`: sequences sampled
+  from the student and scored by the teacher) returns new ones here, and their labels as
+  `outputs["label"]` (the step takes them in place of the batch's); the student's update
+  is the same either way.
+
+A source that generates its inputs declares `generates = True`; the step then also passes
+it the batch's `labels=` (what a step that keeps the corpus returns) and
+`student=StudentPolicy(...)`: the student's module, its current parameters and a key of
+this step (`fold_in(fold_in(state.rng, step), 4)`, so a resumed run draws the same). Other
+sources never see the student.
 """
 
 from __future__ import annotations
@@ -70,11 +78,31 @@ def top1(outputs: dict[str, Any]) -> jax.Array:
     return jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], axis=-1)[..., 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class StudentPolicy:
+    """The student as a source that generates its inputs sees it (`generates`).
+
+    Attributes:
+        model: the student's Linen module.
+        params: its current parameters (this step's, before the update; the source must
+            not differentiate through them: generation is under `stop_gradient`).
+        key: this step's key for the source's own draws.
+    """
+
+    model: nn.Module
+    params: Any
+    key: jax.Array
+
+
 class TeacherSource:
     """Where a train step gets the teacher's outputs (see the module docstring)."""
 
     #: Recorded in the run's config.json; compared when a run resumes.
     spec: dict[str, Any] | None = None
+    #: Whether `__call__` makes its own inputs: it then takes `labels=` (the batch's) and
+    #: `student=StudentPolicy(...)`, and returns the labels of its inputs as
+    #: `outputs["label"]` (on-policy and sequence-level distillation).
+    generates: bool = False
 
     def arrays(self) -> Any:
         """Host arrays the step reads (replicated on the devices once)."""
@@ -195,6 +223,7 @@ __all__ = [
     "ExposedTeacher",
     "NoTeacher",
     "OnlineTeacher",
+    "StudentPolicy",
     "Teacher",
     "TeacherSource",
     "cache_view_key",

@@ -11,7 +11,10 @@ A step reads top-down, and each part belongs to one plug-in:
 
 1. *inputs* (the task): the batch (gathered on the device from the resident split when
    the batch is only indices) and its augmented training view;
-2. *teacher* (the teacher source): its outputs for that view, outside `value_and_grad`;
+2. *teacher* (the teacher source): its outputs for that view, outside `value_and_grad`
+   (a source that makes its own inputs, on-policy distillation's student samples, also
+   returns them and their labels; it declares `generates` and gets the student's current
+   parameters);
 3. *update*: the robust method's inner maximisation (`robust.NoPerturbation`: none), the
    objective's loss, its gradients and the optimizer update (pruning masks, per-student
    learning rates and the like are optimizer transforms, not step code).
@@ -35,7 +38,7 @@ import optax
 
 from distill_jax.objective import Objective
 from distill_jax.tasks import Task
-from distill_jax.teachers import NoTeacher, TeacherSource, top1
+from distill_jax.teachers import NoTeacher, StudentPolicy, TeacherSource, top1
 from distill_jax.train.optim import lr_scale_of
 from distill_jax.train.state import TrainState, member, stack_trees, train_key
 
@@ -74,6 +77,13 @@ class One:
     def each(self, tree: Any) -> list[Any]:
         """Every student's part of a (state or variables) tree: here the tree itself."""
         return [tree]
+
+    def policy(self, model: nn.Module, state: TrainState) -> StudentPolicy:
+        """The student as a source that samples from it sees it: its current parameters
+        and a key of this step (distinct from the augmentation's, dropout's, the
+        methods' and the robust start's)."""
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 4)
+        return StudentPolicy(model, jax.lax.stop_gradient(state.params), key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +126,11 @@ class Students:
     def each(self, tree: Any) -> list[Any]:
         """Every student's part of a stacked (state or variables) tree."""
         return [member(tree, i) for i in range(self.n)]
+
+    def policy(self, model: nn.Module, state: TrainState) -> StudentPolicy:
+        """Vmapped students share one batch: none of them can be the one it is sampled
+        from (setup refuses on-policy distillation with `vmap.students`)."""
+        raise ValueError("a source that samples from the student trains one student, not vmap")
 
 
 def make_update(
@@ -231,6 +246,15 @@ def make_update(
     return update
 
 
+def _own_labels(labels: jax.Array, teacher_out: dict[str, Any] | None):
+    """The labels of the inputs the student trains on: a source that made its own inputs
+    returns theirs as `outputs["label"]` (taken out of the teacher's outputs here)."""
+    if teacher_out is None or "label" not in teacher_out:
+        return labels, teacher_out
+    teacher_out = dict(teacher_out)
+    return teacher_out.pop("label"), teacher_out
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -283,7 +307,13 @@ def make_train_step(
     def train_step(state: TrainState, frozen: Any, batch: Batch):
         step = students.step_of(state)
         images, labels, index = inputs(step, students.rng_of(state), frozen, batch)
-        images, teacher_out = teacher(frozen["teacher"], images, index, step)
+        # A source that generates its inputs (on-policy: the student's samples) sees the
+        # batch's labels and the student's current parameters, and returns new labels.
+        extra = {}
+        if teacher.generates:
+            extra = {"labels": labels, "student": students.policy(model, state)}
+        images, teacher_out = teacher(frozen["teacher"], images, index, step, **extra)
+        labels, teacher_out = _own_labels(labels, teacher_out)
         shared = (images, labels, index, teacher_out, frozen["teacher"])
         return students.run(update, state, *shared)
 
