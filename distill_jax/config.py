@@ -161,6 +161,19 @@ def default_config() -> dict[str, Any]:
             # the student's training settings, as one model; the student distils from the
             # last (assistants.py).
             "assistants": [],
+            # Generated sequences (language models; on_policy.py): with probability lmbda
+            # a step trains on the student's own continuations of the corpus rows' first
+            # prompt_tokens tokens, scored by the teacher (on-policy GKD, TRL's lmbda);
+            # seq_kd: the other steps train on the teacher's continuations (sequence-level
+            # KD, TRL's seq_kd). temperature 0 decodes greedily; eos_id -1: never stops.
+            "on_policy": {
+                "lmbda": 0.0,
+                "seq_kd": False,
+                "prompt_tokens": 32,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "eos_id": -1,
+            },
         },
         "run": {
             "seeds": 1,  # students are repeated over seeds seed, seed+1, ...
@@ -511,6 +524,7 @@ def validate(cfg: dict[str, Any]) -> None:
     from distill_jax.exposure import parse as parse_exposure
     from distill_jax.models import validate_model_config
     from distill_jax.objective import validate_losses
+    from distill_jax.on_policy import validate_section as validate_on_policy
     from distill_jax.parallel import check_shard_teacher
     from distill_jax.robust import validate_section as validate_robust
 
@@ -576,6 +590,7 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
     _positive(d["temperature"], "distill.temperature")
     parse_exposure(d["exposure"])
+    validate_on_policy(d["on_policy"])
     _positive(cfg["run"]["seeds"], "run.seeds")
     _positive(cfg["sweep"]["seeds"], "sweep.seeds")
     _validate_sweep(cfg["sweep"])

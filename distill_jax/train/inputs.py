@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from distill_jax import data as data_lib
+from distill_jax import on_policy
 from distill_jax.config import teacher_checkpoint_epoch
 from distill_jax.data.text_augment import TokenAugment
 from distill_jax.errors import CheckpointError, ConfigError
@@ -530,7 +531,10 @@ def teacher_source(
 ) -> TeacherSource:
     """Where the step reads the teacher's outputs: a cache (`distill.cache`), the online
     teacher, or none, seen through `distill.exposure`; a cache or an exposure that does
-    not fit the run is refused here."""
+    not fit the run is refused here. `distill.on_policy` (language models) makes it the
+    source of generated sequences (`on_policy.OnPolicyTeacher`)."""
+    if on_policy.enabled(config.distill.on_policy):
+        return _generating_source(config, role, data, teacher)
     exposure = config.distill.exposure
     if not config.distill.cache:
         if teacher is None:
@@ -554,3 +558,20 @@ def teacher_source(
                 f"stores all; distill.exposure = 'top:K' exposes the top K)"
             )
     return source if exposure == "full" else ExposedTeacher(source, exposure)
+
+
+def _generating_source(config, role: str, data: Data, teacher: Teacher | None) -> TeacherSource:
+    """On-policy / sequence-level distillation's source, refused (one line) where it
+    cannot run."""
+    v = config.vmap
+    students = v.students * max(len(v.alpha), 1) * max(len(v.temperature), 1)
+    on_policy.check_fit(
+        config.distill.on_policy,
+        role=role,
+        info=data.info,
+        teacher=teacher,
+        student_model=create_model(config[role].model, data.info.num_classes),
+        cache=config.distill.cache,
+        vmapped=students * max(len(v.learning_rate), 1) > 1,
+    )
+    return on_policy.make_source(config.distill.on_policy, teacher_in_dtype(teacher, config.dtype))
