@@ -12,9 +12,11 @@ augmented on the device into Tang et al.'s transfer-set views, `data/text_augmen
 A training split may hold unlabelled examples (label -1, `data.unlabelled`): only the
 teacher's targets train on them; the task loss and accuracy skip them.
 `Tagging` is token classification (NER): a tag per token, labels `(B, L)` with -1 on the
-positions that carry none ([CLS], [SEP], padding, a word's later WordPieces). Its loss
-and every distillation term average over the tagged positions (`term_mask`), so the
-logit losses (`kd`, ...) work unchanged on `(B, L, C)` logits; its evaluation adds
+positions that carry none ([CLS], [SEP], padding, a word's later WordPieces) and -2 on
+the words of an unlabelled row (`data.unlabelled = ["healthtweets"]`: a word the teacher
+tags, no gold tag). Its loss averages over the tagged positions (>= 0), every
+distillation term over the tagged and the unlabelled words' positions (`term_mask`), so
+the logit losses (`kd`, ...) work unchanged on `(B, L, C)` logits; its evaluation adds
 entity-level precision / recall / F1 (exact span and type, conlleval semantics, by
 `seqeval`) from the predicted tag sequences of the whole split, which `eval_sums` hands
 back per example (`row_keys`) instead of summed. `CausalLM` is next-token prediction:
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.data.augment import augment, to_float
+from distill_jax.data.ner import UNLABELLED
 from distill_jax.data.text_augment import TokenAugment
 from distill_jax.losses.base import masked_mean
 from distill_jax.losses.lm import CHUNK_SIZE, lm_divergence, token_cross_entropy
@@ -308,25 +311,35 @@ def entity_scores(
 class Tagging(Task):
     """A tag per token: token ids `(B, L)` (0 = padding), tags `(B, L)`, -1 = no tag.
 
-    The hard-label loss is the cross-entropy averaged over the tagged positions; every
-    distillation term averages over the same positions (`term_mask`), so `kd` is the mean
-    over tagged tokens of `T^2 KL` between the teacher's and the student's tag
-    distributions. Training metrics: token accuracy (and token agreement with the
-    teacher). Evaluation: token accuracy, NLL, ECE over tagged tokens, entity-level
-    precision / recall / F1 and per-type F1 (`entity_scores`), and against a teacher
-    token agreement and KL.
+    Labels: a tag id (>= 0) on each word's first sub-token, `IGNORE` (-1) on positions
+    that are no word's first sub-token, and in the unlabelled rows of a training split
+    (`data.unlabelled`, `data/ner.py`'s `healthtweets`) `UNLABELLED` (-2) on each word's
+    first sub-token.
+
+    The hard-label loss is the cross-entropy averaged over the tagged positions (>= 0);
+    every distillation term averages over the tagged and the unlabelled words' positions
+    (`term_mask`: labels >= 0 or == -2), so `kd` is the mean over those tokens of `T^2 KL`
+    between the teacher's and the student's tag distributions, and on an unlabelled
+    tweet the teacher's distribution is the only target. Training metrics: token
+    accuracy over the tagged positions (and token agreement with the teacher over the
+    term positions). Evaluation (validation and test splits, which never hold unlabelled
+    rows; -2 would count as untagged there too): token accuracy, NLL, ECE over tagged
+    tokens, entity-level precision / recall / F1 and per-type F1 (`entity_scores`), and
+    against a teacher token agreement and KL.
 
     Attributes:
         tag_names: tag id -> name (`O`, `B-X`, `I-X`; the dataset's class names).
         ece_bins: equal-width confidence bins of the expected calibration error.
+        unlabelled: the training split holds unlabelled rows (`data.unlabelled`): the run
+            needs a teacher and label-free terms (`setup._check_label_free`).
     """
 
     tag_names: tuple[str, ...] = ()
     ece_bins: int = 15
+    unlabelled: bool = False
     row_keys = ("gold", "pred")
     logits_rank = 3
     selection_metric = "entity_f1"  # token accuracy is mostly the `O` tag
-    unlabelled = False  # every training row has tags
 
     @property
     def augment_spec(self) -> dict[str, Any]:
@@ -350,8 +363,16 @@ class Tagging(Task):
             keep_BL = keep_BL & mask_B.astype(bool)[:, None]
         return keep_BL
 
+    @staticmethod
+    def _words(labels_BL, mask_B):
+        """The positions the distillation terms average over: tagged or unlabelled words."""
+        keep_BL = (labels_BL >= 0) | (labels_BL == UNLABELLED)
+        if mask_B is not None:
+            keep_BL = keep_BL & mask_B.astype(bool)[:, None]
+        return keep_BL
+
     def term_mask(self, labels_BL, mask_B):
-        return self._tagged(labels_BL, mask_B)
+        return self._words(labels_BL, mask_B)
 
     def loss(self, logits_BLC, labels_BL, mask_B, label_smoothing):
         keep_BL = self._tagged(labels_BL, mask_B)
@@ -362,8 +383,10 @@ class Tagging(Task):
         n = jnp.maximum(jnp.sum(keep_BL), 1)
         pred_BL = jnp.argmax(logits_BLC, -1)
         metrics = {"accuracy": jnp.sum((pred_BL == labels_BL) & keep_BL) / n}
-        if teacher_top1_BL is not None:
-            metrics["agreement"] = jnp.sum((pred_BL == teacher_top1_BL) & keep_BL) / n
+        if teacher_top1_BL is not None:  # over the term positions, unlabelled words too
+            words_BL = self._words(labels_BL, None)
+            agree = jnp.sum((pred_BL == teacher_top1_BL) & words_BL)
+            metrics["agreement"] = agree / jnp.maximum(jnp.sum(words_BL), 1)
         return metrics
 
     def eval_sums(self, logits_BLC, labels_BL, mask_B, teacher_logits_BLC):

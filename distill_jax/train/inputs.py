@@ -81,23 +81,40 @@ def _load_data_cached(
 def _with_unlabelled(
     train: data_lib.ArraySplit, names: tuple[str, ...], split: str, data_dir: str | None
 ) -> data_lib.ArraySplit:
-    """The training split with the unlabelled datasets' rows appended (label -1)."""
+    """The training split with the unlabelled datasets' rows appended: label -1 per row
+    for classification; for token classification (NER) a row of tags `(L,)` with
+    `ner.UNLABELLED` (-2) on each word's first sub-token and -1 elsewhere, which only a
+    word-aligned dataset (`data.is_word_aligned`, e.g. `healthtweets`) provides."""
     info = train.info
     where = f"data.unlabelled ({', '.join(names)})"
     if not isinstance(train, data_lib.ArraySplit):
         raise ConfigError(f"{where} needs the training split in memory, not data.pipeline=stream")
     if info.input_kind != "tokens":
         raise ConfigError(f"{where} adds token ids; dataset '{info.name}' holds images")
+    if info.per_token:
+        for name in names:
+            if not data_lib.is_word_aligned(name):
+                aligned = sorted(
+                    n for n in data_lib.UNLABELLED_DATASETS if data_lib.is_word_aligned(n)
+                )
+                raise ConfigError(
+                    f"data.unlabelled '{name}' is not word-aligned, so its words' positions "
+                    f"for the teacher's tags are unknown; dataset '{info.name}' is token "
+                    f"classification: use {', '.join(aligned)}"
+                )
     images, labels = [train.images], [train.labels]
     for name in names:
-        ids = data_lib.load_unlabelled(name, data_dir, split)
+        if info.per_token:
+            ids, tags = data_lib.load_unlabelled_tags(name, data_dir, split)
+        else:
+            ids = data_lib.load_unlabelled(name, data_dir, split)
         if ids.shape[1:] != tuple(info.image_shape):
             raise ConfigError(
                 f"data.unlabelled '{name}' holds sequences of {ids.shape[1]} tokens, dataset "
                 f"'{info.name}' of {info.image_shape[0]}; use the same length configuration"
             )
         images.append(ids.astype(train.images.dtype))
-        labels.append(np.full((len(ids),), -1, np.int32))
+        labels.append(tags if info.per_token else np.full((len(ids),), -1, np.int32))
     images, labels = np.concatenate(images), np.concatenate(labels)
     splits = {**info.splits, "unlabelled": len(labels) - len(train.labels)}
     return data_lib.ArraySplit(images, labels, dataclasses.replace(info, splits=splits))
@@ -447,7 +464,11 @@ def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Task:
         return CausalLM()
     if info.per_token:
         _check_tagging(config, role, info, token_aug)
-        return Tagging(tag_names=info.class_names, ece_bins=config.eval.ece_bins)
+        return Tagging(
+            tag_names=info.class_names,
+            ece_bins=config.eval.ece_bins,
+            unlabelled=bool(config.data.unlabelled),
+        )
     if info.input_kind == "tokens" and (train.translate or train.flip):
         raise ConfigError(
             f"{role}.train.translate and {role}.train.flip shift and mirror images; dataset "
@@ -474,13 +495,16 @@ def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Task:
 
 
 def _check_tagging(config, role: str, info: data_lib.DatasetInfo, token_aug: bool) -> None:
-    """What token classification does not support (yet): each refused by its key."""
+    """What token classification does not support (yet): each refused by its key.
+
+    `data.unlabelled` is supported with word-aligned datasets (`_with_unlabelled` refuses
+    the others when the data is loaded; a run without a teacher is refused by
+    `setup._check_label_free`, as for classification)."""
     unsupported = {
         f"{role}.train.token_augment": token_aug,
         f"{role}.train.translate / flip": bool(config[role].train.translate)
         or bool(config[role].train.flip),
         "data.length_bucket": bool(config.data.length_bucket),
-        "data.unlabelled": bool(config.data.unlabelled),
         "distill.cache": bool(config.distill.cache),
         # Under pmap each device averages over its own tagged tokens and the means are
         # averaged: not the global token mean when devices hold different numbers of tags.

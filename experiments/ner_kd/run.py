@@ -8,8 +8,9 @@ not retrained.
 
 1. fine-tunes the teacher (`teacher.py`: all-MiniLM-L6-v2 with a per-token head);
 2. for each seed and each student (the 2-layer BERT tagger, the BiLSTM tagger) trains it
-   alone (`*_alone.py`) and distils it from the teacher's tag distributions
-   (`*_distill.py`);
+   alone (`*_alone.py`), distils it from the teacher's tag distributions
+   (`*_distill.py`), and distils it with 927 unlabelled tweets the teacher tags added to
+   the training split (`*_distill_unlabelled.py`, `healthtweets`);
 3. writes `results.json` and `results.md`: entity F1 on the test split (mean ± std over
    seeds), token accuracy, token agreement with the teacher, parameters, CPU latency per
    sentence (batch 1 and batch 64).
@@ -38,7 +39,11 @@ LABELS = {
     "bert2_distill": "2-layer BERT tagger distilled",
     "bilstm_alone": "BiLSTM tagger alone",
     "bilstm_distill": "BiLSTM tagger distilled",
+    "bert2_distill_unlabelled": "2-layer BERT tagger distilled, + unlabelled tweets",
+    "bilstm_distill_unlabelled": "BiLSTM tagger distilled, + unlabelled tweets",
 }
+KINDS = ("alone", "distill", "distill_unlabelled")
+"""Per student: trained alone, distilled, distilled with the unlabelled tweets."""
 KEYS = (
     "entity_f1",
     "entity_precision",
@@ -61,7 +66,7 @@ def load_settings(
         extra = []
         if student_models and student in student_models:
             extra = [f"student.model={student_models[student]!r}"]
-        for kind in ("alone", "distill"):
+        for kind in KINDS:
             name = f"{student}_{kind}"
             path = os.path.join(HERE, f"{name}.py")
             settings[name] = config_lib.load_config(path, [*(overrides or []), *extra])
