@@ -21,6 +21,10 @@ log-probabilities for its rest-bucket variant (`topk_rest=True`); its renormalis
 the same. Full logits (`top_k = 0`) are refused: at SmolLM2's 49,152-token vocabulary
 they are 192 KiB per token. `cache.json` also records the mean kept mass per target token
 (`mean_kept_mass`, `sum_k exp(v_k)` averaged over the positions the loss counts).
+Measured (`cache-teacher --top_k 64`, SmolLM2-135M-Q4 from its GGUF, the first 200
+training sequences of news_lm/len128, 25,600 tokens, 2 CPU cores): 50 s, 516 tokens/s
+(the teacher's forward; `lax.top_k` is about 5 % of it), mean kept mass 0.863, 6.3 MB on
+disk. The whole training split (2.54M tokens) would take about 80 minutes there.
 
 **Memory.** A run reads the whole cache into host memory and places it on the devices
 once (`CachedTeacher.arrays()`; split over devices with `parallel.shard_teacher`), the
