@@ -8,6 +8,8 @@
                          [--teacher_cache CACHE_DIR] [--vmap_students N]
     distill-jax cache-teacher --config FILE --teacher TEACHER_DIR --workdir CACHE_DIR
                          [--top_k K] [--views V]
+                         (language-model data: top-K log-probabilities per token, K >= 1;
+                         no --teacher takes teacher.model.init_from)
     distill-jax compress --config FILE --workdir DIR [--teacher TEACHER_DIR]
     distill-jax capacity --config FILE --workdir DIR [--teacher TEACHER_DIR] [--students ...]
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
@@ -109,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--teacher", help="workdir of a `train` run (else config teacher.workdir)")
-    p.add_argument("--top_k", type=int, default=0, help="keep the top-k logits (0: all)")
+    p.add_argument(
+        "--top_k", type=int, default=0, help="keep the top-k logits (0: all; LM data: k >= 1)"
+    )
     p.add_argument("--views", type=int, default=1, help="augmented views per example")
     p.add_argument("--split", default="train", help="which split (default: train)")
     p.add_argument("--seed", type=int, help="augmentation seed of the views (default: seed)")
@@ -359,12 +363,10 @@ def jax_process_index() -> int:
 
 def _cache_teacher(args: argparse.Namespace, config) -> int:
     from distill_jax.train import loop
-    from distill_jax.train.teacher_cache import write_cache
+    from distill_jax.train.inputs import pretrained_teacher
+    from distill_jax.train.teacher_cache import check_request, write_cache
 
     teacher_dir = args.teacher or config.teacher.workdir
-    if not teacher_dir:
-        raise ConfigError("cache-teacher needs a teacher: --teacher DIR or teacher.workdir")
-    teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
     data = loop.load_data(config)
     splits = {
         config.data.train_split: data.train,
@@ -373,7 +375,15 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
     }
     if args.split not in splits:
         raise ConfigError(f"--split {args.split!r} is not one of {', '.join(splits)}")
-    split = splits[args.split]
+    split, task = splits[args.split], loop.make_task(config, "student", data)
+    check_request(split, args.workdir, args.top_k, args.views, task)  # before a teacher loads
+    if teacher_dir:
+        teacher = loop.load_teacher(teacher_dir, config.teacher.checkpoint)
+    elif data.info.causal_lm and config.teacher.model.get("init_from"):
+        teacher = pretrained_teacher(config, data.info)  # e.g. smollm2-135m-q4
+    else:
+        extra = " or teacher.model.init_from" if data.info.causal_lm else ""
+        raise ConfigError(f"cache-teacher needs a teacher: --teacher DIR or teacher.workdir{extra}")
     loop.check_teacher(teacher, split.info)
     started = time.time()
     meta = write_cache(
@@ -383,16 +393,25 @@ def _cache_teacher(args: argparse.Namespace, config) -> int:
         split_name=args.split,
         top_k=args.top_k,
         views=args.views,
-        task=loop.make_task(config, "student", data),
+        task=task,
         seed=config.seed if args.seed is None else args.seed,
         batch_size=config.data.eval_batch_size,
         progress=config.log.progress,
     )
-    d = meta["dataset"]
+    d, seconds = meta["dataset"], time.time() - started
+    if meta.get("causal_lm"):
+        tokens = d["num_examples"] * meta["sequence_length"]
+        print(
+            f"cached the top-{meta['top_k']} log-probabilities of {d['num_examples']} sequences "
+            f"x {meta['sequence_length']} tokens of {d['name']}:{d['split']} in {args.workdir} "
+            f"({seconds:.0f} s, {tokens / max(seconds, 1e-9):.0f} tokens/s; mean kept mass "
+            f"{meta['mean_kept_mass']:.3f})"
+        )
+        return 0
     kept = f"top-{meta['top_k']}" if meta["top_k"] else "all"
     print(
         f"cached {kept} logits of {d['num_examples']} examples x {meta['views']} view(s) of "
-        f"{d['name']}:{d['split']} in {args.workdir} ({time.time() - started:.0f} s)"
+        f"{d['name']}:{d['split']} in {args.workdir} ({seconds:.0f} s)"
     )
     return 0
 

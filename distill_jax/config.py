@@ -151,6 +151,9 @@ def default_config() -> dict[str, Any]:
             # A `distill-jax cache-teacher` directory: read the teacher's outputs from it
             # instead of running the teacher (offline distillation); None: online.
             "cache": None,
+            # The most memory (GB) a cache may take once loaded: it is placed on the
+            # devices whole (a language model's top-64 over 20k x 128 tokens: ~1 GB).
+            "cache_max_gb": 4.0,
             # What the student sees of the teacher (exposure.py): "full" (its logits),
             # "top:K", "label", "round:D", or a defence, "noise:S" / "temperature:T":
             # how much of a served teacher a copier can extract.
@@ -589,6 +592,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if not 0.0 <= d["alpha"] <= 1.0:  # NaN fails too
         raise ConfigError(f"distill.alpha must be in [0, 1], got {d['alpha']}")
     _positive(d["temperature"], "distill.temperature")
+    _positive(d["cache_max_gb"], "distill.cache_max_gb")
     parse_exposure(d["exposure"])
     validate_on_policy(d["on_policy"])
     _positive(cfg["run"]["seeds"], "run.seeds")

@@ -158,9 +158,14 @@ class CachedTeacher(TeacherSource):
     """Rows of a teacher cache: the view of epoch `e` is `e % views`, augmented with
     `cache_view_key(seed, view)`, exactly the view the cached teacher saw.
 
+    A language-model cache has one view and a row per position: `(N, 1, T, K)` top-k
+    log-probabilities and token ids, so a batch reads `{"topk": ((B, T, K), (B, T, K))}`.
+
     Attributes:
-        values: `(N, views, K)` cached logits (K = classes) or top-k values.
-        indices: `(N, views, K)` class indices of top-k values, or None for full logits.
+        values: `(N, views, K)` cached logits (K = classes) or top-k values
+            (LM: `(N, 1, T, K)` log-probabilities).
+        indices: `(N, views, K)` class indices of top-k values (LM: `(N, 1, T, K)` token
+            ids), or None for full logits.
         seed, views: the cache's augmentation seed and number of views.
         steps_per_epoch: the run's steps per epoch (selects the view).
         spec: the cache's identity (directory, seed, views, top_k, teacher).

@@ -530,8 +530,6 @@ def _check_causal_lm(config, role: str, info: data_lib.DatasetInfo, token_aug: b
         # Packed sequences are full length: there is no padding to cut.
         "data.length_bucket": bool(config.data.length_bucket),
         "data.unlabelled": bool(config.data.unlabelled),
-        # The teacher cache stores one row of logits per example, not one per token.
-        "distill.cache": bool(config.distill.cache),
         "distill.exposure other than 'full'": config.distill.exposure != "full",
         # Under pmap each device averages over its own target tokens and the means are
         # averaged: not the global token mean when devices hold different numbers.
@@ -572,8 +570,16 @@ def teacher_source(
     else:
         if role != "student":
             raise ConfigError("distill.cache (a teacher cache) is for distilling the student")
-        cache = load_cache(config.distill.cache)
-        check_cache(cache, data.train, config.data.train_split, task=task, teacher=teacher)
+        cache = load_cache(config.distill.cache, max_bytes=config.distill.cache_max_gb * 1e9)
+        init_from = config.teacher.model.get("init_from") if data.info.causal_lm else None
+        check_cache(
+            cache,
+            data.train,
+            config.data.train_split,
+            task=task,
+            teacher=teacher,
+            init_from=init_from,
+        )
         source = cache.source(steps_per_epoch)
         if exposure != "full" and cache.meta["top_k"]:
             raise ConfigError(

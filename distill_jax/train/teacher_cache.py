@@ -10,6 +10,30 @@ View `v` is the augmentation drawn with `cache_view_key(seed, v)` (per example
 SHA-256 of its variables), the dataset (name, split, size, classes, shape and a SHA-256 of
 its contents) and the augmentation, and `check_cache` refuses a cache that does not fit.
 
+**Language models** (`DatasetInfo.causal_lm`, e.g. `news_lm`): one record per training
+sequence (view 0 only: LM sequences are not augmented, `--views` must be 1) holding, for
+each of its `T` positions, the teacher's top-`K` next-token **log-probabilities**
+(`log_softmax` of its logits at `T = 1`, float16) and their token ids (int32): `(T, K)`
+values and ids per record, `(N, 1, T, K)` loaded. Log-probabilities rather than logits so
+that the mass outside the top K, `1 - sum_k exp(v_k)`, is known: `lm_topk_loss` needs
+log-probabilities for its rest-bucket variant (`topk_rest=True`); its renormalised variant
+(`lm_kl`) takes a softmax over the K values, for which log-probabilities and logits are
+the same. Full logits (`top_k = 0`) are refused: at SmolLM2's 49,152-token vocabulary
+they are 192 KiB per token. `cache.json` also records the mean kept mass per target token
+(`mean_kept_mass`, `sum_k exp(v_k)` averaged over the positions the loss counts).
+Measured (`cache-teacher --top_k 64`, SmolLM2-135M-Q4 from its GGUF, the first 200
+training sequences of news_lm/len128, 25,600 tokens, 2 CPU cores): 50 s, 516 tokens/s
+(the teacher's forward; `lax.top_k` is about 5 % of it), mean kept mass 0.863, 6.3 MB on
+disk. The whole training split (2.54M tokens) would take about 80 minutes there.
+
+**Memory.** A run reads the whole cache into host memory and places it on the devices
+once (`CachedTeacher.arrays()`; split over devices with `parallel.shard_teacher`), the
+step gathering its rows by example index. That is `N * views * T * K * 6` bytes for
+top-k (float16 + int32): about 1 GB for news_lm/len128's 19,868 training sequences at
+K = 64. Reading rows per batch from the array_record instead would need the data
+pipeline to carry them; until then a cache larger than `distill.cache_max_gb` is refused
+when a run loads it (`load_cache(max_bytes=...)`), naming the ways out.
+
 The records are written to a temporary name and renamed, with `cache.json` last: a
 directory without `cache.json` is an unfinished cache and is never read.
 """
@@ -20,7 +44,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import sys
+import time
 from typing import Any
 
 import jax
@@ -32,13 +59,16 @@ from tqdm.auto import tqdm
 from distill_jax import data as data_lib
 from distill_jax.errors import CheckpointError, ConfigError
 from distill_jax.report import atomic_write, atomic_write_with
-from distill_jax.tasks import Classification
+from distill_jax.tasks import CausalLM, Classification, Task
 from distill_jax.teachers import CachedTeacher, Teacher, cache_view_key
 from distill_jax.train.workdir import check_workdir, mark_workdir
 
 META_FILE = "cache.json"
 RECORDS_FILE = "teacher_outputs.array_record"
 FORMAT = 1
+#: The top-k a language-model cache's error messages suggest (SmolLM2's top 64 hold
+#: about 86 % of its probability mass on news text).
+LM_TOP_K = 64
 
 
 def fingerprint(tree: Any) -> str:
@@ -86,9 +116,10 @@ class TeacherCache:
     Attributes:
         directory: where it was read from.
         meta: the contents of `cache.json`.
-        values: `(N, views, K)` logits (K = classes) or top-k values (float16).
-        indices: `(N, views, K)` int32 class indices of the top-k values; None when the
-            cache holds full logits.
+        values: `(N, views, K)` logits (K = classes) or top-k values (float16); for a
+            language model `(N, 1, T, K)` top-k log-probabilities per position.
+        indices: `(N, views, K)` (LM: `(N, 1, T, K)`) int32 class (token) ids of the
+            top-k values; None when the cache holds full logits.
     """
 
     directory: str
@@ -126,12 +157,13 @@ def write_cache(
     split_name: str = "train",
     top_k: int = 0,
     views: int = 1,
-    task: Classification | None = None,
+    task: Task | None = None,
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Runs the teacher over every view of every example of `split` and stores its logits.
+    """Runs the teacher over every view of every example of `split` and stores its logits
+    (for language-model data: its top-k log-probabilities at every position).
 
     Args:
         teacher: the frozen teacher.
@@ -139,22 +171,35 @@ def write_cache(
         out_dir: the cache directory (created; an existing finished cache is refused).
         split_name: the split's name, recorded and checked.
         top_k: keep the k largest logits (float16 values + int32 indices); 0 keeps all
-            logits in float32.
-        views: augmented views per example (1 with no augmentation).
+            logits in float32. Language models: the k largest log-probabilities per
+            token, k >= 1 (e.g. `LM_TOP_K`).
+        views: augmented views per example (1 with no augmentation; always 1 for LMs).
         task: the student's task, whose training augmentation makes the views (image
-            translation and flips, or token-id transfer-set views); None: no augmentation.
+            translation and flips, or token-id transfer-set views); None: no augmentation
+            (`CausalLM()` for language-model data).
         seed: the seed of the views' augmentation keys.
-        batch_size: examples per teacher forward.
-        progress: show a progress bar.
+        batch_size: examples per teacher forward (LMs: at most `CausalLM.eval_tokens`
+            tokens, as in evaluation).
+        progress: show progress (LMs: tokens done and tokens/s).
 
     Returns:
         The cache's metadata (`cache.json`).
     """
-    task = task or Classification()
-    _check_request(split, out_dir, top_k, views, task)
+    lm = bool(split.info.causal_lm)
+    task = task or (CausalLM() if lm else Classification())
+    check_request(split, out_dir, top_k, views, task)
     reads = {"--teacher": teacher.identity.get("workdir")}
     check_workdir(out_dir, "cache", reads)
     mark_workdir(out_dir, "cache", {"seed": seed, "views": views, "top_k": top_k})
+    if lm:
+        stats: dict[str, Any] = {}
+        atomic_write_with(
+            os.path.join(out_dir, RECORDS_FILE),
+            lambda path: stats.update(
+                _write_lm_records(path, teacher, split, top_k, task, batch_size, progress)
+            ),
+        )
+        return _write_meta(out_dir, teacher, split, split_name, top_k, views, seed, task, stats)
 
     @jax.jit
     def outputs(variables, images_u8, index, view):
@@ -210,6 +255,11 @@ def write_cache(
         bar.close()
 
     atomic_write_with(os.path.join(out_dir, RECORDS_FILE), write_records)
+    return _write_meta(out_dir, teacher, split, split_name, top_k, views, seed, task, {})
+
+
+def _write_meta(out_dir, teacher, split, split_name, top_k, views, seed, task, extra) -> dict:
+    """Writes `cache.json` (last: it marks the cache complete) and returns it."""
     meta = {
         "format": FORMAT,
         "teacher": teacher_identity(teacher),
@@ -219,30 +269,139 @@ def write_cache(
         "seed": seed,
         **task.augment_spec,
         "values_dtype": "float16" if top_k else "float32",
+        **extra,
     }
-    # Written last: a cache.json marks the cache complete.
     atomic_write(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=2))
     return meta
 
 
+def _write_lm_records(
+    path: str,
+    teacher: Teacher,
+    split: data_lib.ArraySplit,
+    top_k: int,
+    task: CausalLM,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Writes one record per sequence of `split`: the teacher's top-k log-probabilities
+    `(T, K)` float16 and their token ids `(T, K)` int32 at each of its `T` positions.
+
+    The teacher's forward runs jit-compiled on `rows` sequences at a time (the last batch
+    padded, so one shape compiles); only the `(rows, T, K)` results leave the device.
+
+    Returns:
+        What `cache.json` adds for a language model: the values' kind, the mean kept mass
+        per target token (`sum_k exp(v_k)`, over the positions the loss counts) and how
+        many tokens that mean is over.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    length = int(split.info.image_shape[0])
+    rows = min(task.eval_rows(batch_size, split.info.image_shape), len(split))
+
+    @jax.jit
+    def topk_log_probs(variables, ids_BT, labels_BT, mask_B):
+        logits_BTV = teacher.model.apply(variables, task.prepare(ids_BT), train=False)[0]
+        logits_BTV = logits_BTV.astype(jnp.float32)
+        top_BTK, ids_BTK = jax.lax.top_k(logits_BTV, top_k)
+        log_p_BTK = top_BTK - jax.nn.logsumexp(logits_BTV, axis=-1, keepdims=True)
+        keep_BT = task.term_mask(labels_BT, mask_B)
+        kept_mass = jnp.sum(jnp.where(keep_BT, jnp.sum(jnp.exp(log_p_BTK), -1), 0.0))
+        return log_p_BTK.astype(jnp.float16), ids_BTK.astype(jnp.int32), kept_mass, keep_BT.sum()
+
+    variables = jax.device_put(teacher.variables)
+    writer = ArrayRecordWriter(path, "group_size:1")
+    meter = _TokenProgress(len(split) * length, enabled=progress)
+    kept_mass, kept_tokens = 0.0, 0
+    try:
+        for batch in data_lib.eval_batches(split, rows):
+            out = topk_log_probs(variables, batch["image"], batch["label"], batch["mask"])
+            values_BTK, ids_BTK, mass, count = jax.device_get(out)
+            kept_mass, kept_tokens = kept_mass + float(mass), kept_tokens + int(count)
+            real = int(batch["mask"].sum())
+            for r in range(real):
+                record = {
+                    "index": int(batch["index"][r]),
+                    "view": 0,
+                    "values": values_BTK[r],
+                    "indices": ids_BTK[r],
+                }
+                writer.write(serialization.msgpack_serialize(record))
+            meter.update(real * length)
+    finally:
+        writer.close()
+        meter.close()
+    return {
+        "values_kind": "log_probs",
+        "sequence_length": length,
+        "mean_kept_mass": kept_mass / max(kept_tokens, 1),
+        "kept_mass_tokens": kept_tokens,
+    }
+
+
+class _TokenProgress:
+    """Tokens done and tokens/s on stderr: a tqdm bar on a terminal, else a line at most
+    every `every` seconds (a long teacher pass in a log file)."""
+
+    def __init__(self, total: int, enabled: bool, every: float = 30.0):
+        self.total, self.done, self.every = total, 0, every
+        self.started = self.last = time.time()
+        self.enabled = enabled
+        tty = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc="cache-teacher", unit="tok", leave=False) if tty else None
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.time()
+        if self.enabled and (now - self.last >= self.every or self.done == self.total):
+            rate = self.done / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / max(rate, 1e-9)
+            print(
+                f"cache-teacher: {self.done}/{self.total} tokens ({rate:.0f} tokens/s, "
+                f"~{left:.0f} s left)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def ensure_cache(
-    config, teacher: Teacher, out_dir: str, *, views: int = 1, top_k: int = 0
+    config,
+    teacher: Teacher,
+    out_dir: str,
+    *,
+    views: int = 1,
+    top_k: int = 0,
+    progress: bool = False,
 ) -> float:
     """The teacher's outputs on the training split of `config` (data, student augmentation
     and seed), cached in `out_dir` unless a complete cache is already there (a command
-    that resumes reuses it; a run reading it checks that it fits).
+    that resumes reuses it).
+
+    A complete cache is reused only if it is what was asked for: the same teacher,
+    dataset and split, augmentation, views and top-k; anything else is refused (a
+    `ConfigError` naming what differs), never silently reused or overwritten.
 
     Returns:
         The seconds spent writing it (0.0 when it was reused).
     """
-    import time
-
     from distill_jax.train.inputs import load_data, make_task
 
-    if os.path.isfile(os.path.join(out_dir, META_FILE)):
+    data = load_data(config)
+    task = make_task(config, "student", data)
+    meta_path = os.path.join(out_dir, META_FILE)
+    if os.path.isfile(meta_path):
+        _check_reuse(meta_path, out_dir, data.train, config, task, teacher, views, top_k)
         return 0.0
     started = time.time()
-    data = load_data(config)
     write_cache(
         teacher,
         data.train,
@@ -250,17 +409,38 @@ def ensure_cache(
         split_name=config.data.train_split,
         top_k=top_k,
         views=views,
-        task=make_task(config, "student", data),
+        task=task,
         seed=config.seed,
         batch_size=config.data.eval_batch_size,
-        progress=False,
+        progress=progress,
     )
     return time.time() - started
 
 
-def _check_request(split, out_dir: str, top_k: int, views: int, task: Classification):
-    """Refuses a cache request that cannot work, before anything is written."""
+def _check_reuse(meta_path, out_dir, split, config, task, teacher, views, top_k) -> None:
+    """Refuses to reuse a finished cache that is not the one `ensure_cache` was asked for."""
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"teacher cache {meta_path} is unreadable or corrupt: {e}") from None
+    check_meta(meta, out_dir, split, config.data.train_split, task=task, teacher=teacher)
+    for key, want in (("top_k", top_k), ("views", views), ("seed", config.seed)):
+        if key == "seed" and not task.augments:
+            continue  # unaugmented views do not depend on the seed
+        if meta.get(key) != want:
+            raise ConfigError(
+                f"teacher cache {out_dir} holds {key} = {meta.get(key)!r}, not the {want!r} "
+                f"asked for; remove it or cache into another directory"
+            )
+
+
+def check_request(split, out_dir: str, top_k: int, views: int, task: Task) -> None:
+    """Refuses a cache request that cannot work, before anything is written (and, from
+    the command line, before the teacher is loaded)."""
     num_classes = split.info.num_classes
+    if split.info.causal_lm:
+        _check_lm_request(split, top_k, views, task)
     if not 0 <= top_k <= num_classes:
         raise ConfigError(f"--top_k must be in [0, {num_classes}] (0: all logits), got {top_k}")
     if views < 1:
@@ -274,11 +454,58 @@ def _check_request(split, out_dir: str, top_k: int, views: int, task: Classifica
         raise ConfigError(f"{out_dir} already holds a teacher cache; choose another --out")
 
 
-def load_cache(directory: str) -> TeacherCache:
-    """Reads a whole cache into memory (it is small: N x views x K numbers).
+def _check_lm_request(split, top_k: int, views: int, task: Task) -> None:
+    """A language-model cache: top-k (k >= 1) log-probabilities, one view, no augmentation."""
+    vocab, length, n = split.info.num_classes, int(split.info.image_shape[0]), len(split)
+    if top_k == 0:
+        full_gb = n * length * vocab * 4 / 1e9
+        raise ConfigError(
+            f"--top_k 0 (full logits) is refused for language-model data: {vocab} logits per "
+            f"token are {full_gb:.1f} GB for these {n} x {length} tokens; keep the top k "
+            f"log-probabilities, e.g. --top_k {min(LM_TOP_K, vocab)}"
+        )
+    if not 1 <= top_k <= vocab:
+        raise ConfigError(f"--top_k must be in [1, {vocab}] (the vocabulary), got {top_k}")
+    if views != 1:
+        raise ConfigError(
+            f"--views {views}: a language-model cache holds one view per sequence (its "
+            f"tokens are not augmented); use --views 1"
+        )
+    if not isinstance(task, CausalLM) or task.augments:
+        raise ConfigError(
+            f"a language-model cache is made without augmentation, with the causal-LM task; "
+            f"got {type(task).__name__} (leave the student's train augmentation unset)"
+        )
+
+
+def cache_nbytes(meta: dict[str, Any]) -> int:
+    """The bytes a cache occupies in memory once loaded (values + ids), from its meta."""
+    n, views, top_k = meta["dataset"]["num_examples"], meta["views"], meta["top_k"]
+    per_row = math.prod(_row_shape(meta))
+    itemsize = np.dtype(meta["values_dtype"]).itemsize + (4 if top_k else 0)
+    return n * views * per_row * itemsize
+
+
+def _row_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """One record's values shape: `(K,)`, or `(T, K)` for a language model."""
+    k = meta["top_k"] or meta["dataset"]["num_classes"]
+    if meta.get("causal_lm"):
+        return (int(meta["dataset"]["image_shape"][0]), k)
+    return (k,)
+
+
+def load_cache(directory: str, max_bytes: float | None = None) -> TeacherCache:
+    """Reads a whole cache into memory: N x views x K numbers (a language model's:
+    N x T x K, about 1 GB for 20k sequences of 128 tokens at K = 64, see the module
+    docstring).
+
+    Args:
+        max_bytes: refuse a cache that takes more memory than this once loaded (before
+            reading its records); None: no limit.
 
     Raises:
         CheckpointError: no finished cache there, or records that do not match cache.json.
+        ConfigError: the cache is larger than `max_bytes`.
     """
     meta_path = os.path.join(directory, META_FILE)
     records_path = os.path.join(directory, RECORDS_FILE)
@@ -291,15 +518,23 @@ def load_cache(directory: str) -> TeacherCache:
         with open(meta_path) as f:
             meta = json.load(f)
         n, views, top_k = meta["dataset"]["num_examples"], meta["views"], meta["top_k"]
-        k = top_k or meta["dataset"]["num_classes"]
+        row_shape, nbytes = _row_shape(meta), cache_nbytes(meta)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"teacher cache {meta_path} is unreadable or corrupt: {e}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: unknown cache format {meta.get('format')!r}")
+    if max_bytes is not None and nbytes > max_bytes:
+        shape = " x ".join(str(d) for d in (n, views, *row_shape))
+        raise ConfigError(
+            f"teacher cache {directory} takes {nbytes / 1e9:.2f} GB once loaded ({shape} "
+            f"values and ids), more than distill.cache_max_gb = {max_bytes / 1e9:g}: the "
+            f"whole cache is placed on every device; raise distill.cache_max_gb, or cache "
+            f"fewer examples (data.train_split) or a smaller --top_k"
+        )
     records = _read_records(directory, records_path, n * views)
-    values = np.zeros((n, views, k), np.dtype(meta["values_dtype"]))
-    indices = np.zeros((n, views, k), np.int32) if top_k else None
-    for position, raw in enumerate(records):
+    values = np.zeros((n, views, *row_shape), np.dtype(meta["values_dtype"]))
+    indices = np.zeros((n, views, *row_shape), np.int32) if top_k else None
+    for position, raw in records:
         try:
             record = serialization.msgpack_restore(raw)
             i, v = int(record["index"]), int(record["view"])
@@ -318,10 +553,11 @@ def load_cache(directory: str) -> TeacherCache:
     return TeacherCache(os.path.abspath(directory), meta, values, indices)
 
 
-def _read_records(directory: str, path: str, expected: int) -> list[bytes]:
-    """All records of a cache's array_record file; a truncated or damaged file is one
-    `CheckpointError` (closing a reader of a damaged file can raise too: that second
-    error never replaces the first)."""
+def _read_records(directory: str, path: str, expected: int, chunk: int = 512):
+    """`(position, record)` for every record of a cache's array_record file, read `chunk`
+    records at a time (the raw bytes of a large LM cache are never all held at once); a
+    truncated or damaged file is one `CheckpointError` (closing a reader of a damaged file
+    can raise too: that second error never replaces the first)."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     reader = None
@@ -333,7 +569,9 @@ def _read_records(directory: str, path: str, expected: int) -> list[bytes]:
                 f"teacher cache {directory} is corrupt: {count} records, cache.json "
                 f"promises {expected} (examples x views)"
             )
-        return reader.read_all()
+        for start in range(0, count, chunk):
+            raws = reader.read(start, min(start + chunk, count))
+            yield from enumerate(raws, start)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 (the reader raises assorted errors on damage)
@@ -350,12 +588,39 @@ def check_cache(
     split: data_lib.ArraySplit,
     split_name: str,
     *,
-    task: Classification,
+    task: Task,
+    teacher: Teacher | None = None,
+    init_from: str | None = None,
+) -> None:
+    """Refuses a cache made for another dataset, split, augmentation or teacher.
+
+    Args:
+        teacher: the run's teacher, if it has one: the cache must hold its outputs
+            (SHA-256 of its variables).
+        init_from: without a teacher, the pretrained checkpoint the config names as the
+            teacher (`teacher.model.init_from`), checked by name against the cache's.
+    """
+    check_meta(cache.meta, cache.directory, split, split_name, task=task, teacher=teacher)
+    made_from = (cache.meta["teacher"].get("model") or {}).get("init_from")
+    if teacher is None and init_from and made_from != init_from:
+        raise ConfigError(
+            f"teacher cache {cache.directory} was made with teacher "
+            f"{made_from or cache.meta['teacher']['workdir']!r}, but teacher.model.init_from "
+            f"is {init_from!r}; re-cache with that teacher or drop teacher.model.init_from"
+        )
+
+
+def check_meta(
+    meta: dict[str, Any],
+    directory: str,
+    split: data_lib.ArraySplit,
+    split_name: str,
+    *,
+    task: Task,
     teacher: Teacher | None = None,
 ) -> None:
-    """Refuses a cache made for another dataset, split, augmentation or teacher."""
-    meta = cache.meta
-    where = f"teacher cache {cache.directory}"
+    """`check_cache` on a cache's `cache.json` alone (no records read)."""
+    where = f"teacher cache {directory}"
     want = dataset_identity(split, split_name)
     got = meta["dataset"]
     for key in ("name", "split", "num_examples", "num_classes", "image_shape", "sha256"):
@@ -383,7 +648,14 @@ def check_cache(
         ident = teacher_identity(teacher)
         if ident["sha256"] != meta["teacher"]["sha256"]:
             raise ConfigError(
-                f"{where} was made with another teacher ({meta['teacher']['workdir']} at "
-                f"step {meta['teacher']['step']}), not {ident['workdir']} at step "
-                f"{ident['step']}: its weights differ"
+                f"{where} was made with another teacher ({_describe(meta['teacher'])}), not "
+                f"{_describe(ident)}: its weights differ"
             )
+
+
+def _describe(ident: dict[str, Any]) -> str:
+    """A teacher's identity for messages: its workdir and step, or its checkpoint."""
+    init_from = (ident.get("model") or {}).get("init_from")
+    if ident.get("workdir") is None and init_from:
+        return f"pretrained {init_from!r}"
+    return f"{ident.get('workdir')} at step {ident.get('step')}"
