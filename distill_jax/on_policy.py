@@ -60,7 +60,7 @@ import jax.numpy as jnp
 
 from distill_jax.errors import ConfigError
 from distill_jax.models import llama
-from distill_jax.teachers import StudentPolicy, Teacher, TeacherSource
+from distill_jax.teachers import OnlineTeacher, StudentPolicy, Teacher
 
 
 def enabled(section: Any) -> bool:
@@ -168,7 +168,7 @@ def teacher_continuations(
 
 
 @dataclasses.dataclass(eq=False)
-class OnPolicyTeacher(TeacherSource):
+class OnPolicyTeacher(OnlineTeacher):
     """The online teacher on corpus, student-generated (with probability `lmbda`) or
     teacher-generated (`seq_kd`) sequences (see the module docstring).
 
@@ -189,17 +189,7 @@ class OnPolicyTeacher(TeacherSource):
     seq_kd: bool = False
     eos_id: int = -1
 
-    generates = True
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return self.teacher.identity
-
-    def arrays(self) -> Any:
-        return self.teacher.variables
-
-    def logits_fn(self, frozen):
-        return lambda x: self.teacher.model.apply(frozen, x, train=False)[0]
+    generates = True  # spec, arrays and logits_fn: the online teacher's
 
     def on_student(self, key: jax.Array) -> jax.Array:
         """Whether the step of `key` (`StudentPolicy.key`) trains on the student's samples:
