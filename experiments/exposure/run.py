@@ -58,10 +58,10 @@ EXPOSURES = {
     "round:2": "probabilities rounded to 2 decimals",
     "round:1": "probabilities rounded to 1 decimal",
     "noise:2": "defence: noise on non-top log-probs (std 2), top-1 kept",
-    "temperature:10": "defence: served at temperature 10, top-1 kept",
 }
 """Row -> what the copier sees (`distill.exposure`); `labels`: the student trained on the
-true labels of the same images, what a copier with labelled data would reach."""
+true labels of the same images, what a copier with labelled data would reach. Another
+level (e.g. the `temperature:T` defence) is one more entry here."""
 SPLIT_SIZES = {"train[:1000]": 1000, "train": 3500}
 
 
