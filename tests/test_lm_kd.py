@@ -92,3 +92,4 @@ def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(run, "fit", no_fit)
     again = run.run(str(workdir), rows=rows, teacher=teacher, say=say, **sizes)
     assert again["rows"] == results["rows"] and again["teacher"] == results["teacher"]
+    assert (workdir / "results.md").read_text() == md
