@@ -756,3 +756,31 @@ def test_unlabelled_tagging_misuse_is_one_line_before_writing(
             teacher=load_teacher(ner_teacher_dir) if teacher else None,
         )
     assert "\n" not in str(info.value) and not workdir.exists()
+
+
+def test_bert_tagger_distils_hidden_states_and_attention(data_dir, tmp_path):
+    """The transformer terms that exist (TinyBERT's hidden-state MSE and attention KL)
+    run on a token-level task beside the per-token KD: a tiny BERT tagger distilled
+    from a tiny BERT tagger on wnut16, every term finite and positive."""
+    from distill_jax.cli import main
+
+    teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
+    cfg = os.path.join(EXPERIMENT, "ner_kd")
+    args = tiny_ner(data_dir, **{"student.model": TINY_BERT})
+    assert main(["train", "--config", f"{cfg}/teacher.py", "--workdir", teacher, *args]) == 0
+    pairs = {"student_features": ["hidden1"], "teacher_features": ["hidden1"]}
+    attention = {"student_features": ["attention1"], "teacher_features": ["attention1"]}
+    losses = {
+        "kd": {"weight": 0.5, "temperature": 2.0},
+        "hidden_mse": {"weight": 1.0, **pairs},
+        "attention_kl": {"weight": 1.0, **attention},
+    }
+    command = ["distill", "--config", f"{cfg}/bert2_distill.py", "--teacher", teacher]
+    extra = [f"--config.distill.losses={losses!r}"]
+    assert main([*command, "--workdir", student, *args, *extra]) == 0
+    records = [json.loads(line) for line in open(os.path.join(student, "metrics.jsonl"))]
+    train = [r for r in records if r["split"] == "train"]
+    for term in ("kd", "hidden_mse", "attention_kl"):
+        assert all(np.isfinite(r[term]) and r[term] > 0 for r in train), term
+    result = json.loads(open(os.path.join(student, "eval.json")).read())
+    assert 0.0 <= result["entity_f1"] <= 1.0
