@@ -8,36 +8,9 @@ import getpass
 import os
 import tempfile
 
-
-def _xla_knows(flag: str) -> bool:
-    """Whether this jaxlib's XLA defines `flag` (an unknown XLA_FLAGS entry is fatal)."""
-    import importlib.util
-    import mmap
-
-    spec = importlib.util.find_spec("jaxlib")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    for directory in spec.submodule_search_locations:
-        for name in os.listdir(directory):
-            if not name.endswith(".so"):
-                continue
-            with open(os.path.join(directory, name), "rb") as f:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                    if m.find(flag.encode()) >= 0:
-                        return True
-    return False
-
-
-_FLAGS = ["--xla_force_host_platform_device_count=8"]
-# XLA's CPU collectives (the 8 fake devices' all-reduces) abort the process when a
-# rendezvous has not terminated after 40 s. On 2 oversubscribed cores (4 test workers, 8
-# device threads each) that check misfires on steps that finish in milliseconds (seen on
-# PGD adversarial training's sharded step: "Termination timeout for all reduce ... of 40
-# seconds exceeded", then SIGABRT); a longer limit lets them finish.
-_TERMINATE = "xla_cpu_collective_call_terminate_timeout_seconds"
-if _xla_knows(_TERMINATE):
-    _FLAGS.append(f"--{_TERMINATE}=600")
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FLAGS]).strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # JAX's persistent compilation cache, shared by the test processes (pytest-xdist workers)

@@ -195,6 +195,7 @@ def test_exposure_refused_where_it_cannot_apply(teacher_and_cache, tiny_config):
         assert not os.path.exists(workdir)  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_exposure_experiment_driver_tiny(data_dir, tmp_path, monkeypatch):
     """experiments/exposure/run.py on tiny MLPs and digits: every query set, three
     exposure levels and the true-label reference, the table and the plot; resumable."""

@@ -27,6 +27,7 @@ def text_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch):
     path = os.path.join(os.path.dirname(__file__), "..", "experiments/lm_kd/run.py")
     run = import_file(path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
-from distill_jax import attacks, robust
+from distill_jax import attacks, parallel, robust
 from distill_jax.cli import main
 from distill_jax.config import load_config
 from distill_jax.data import DatasetInfo, load_split
@@ -213,7 +213,19 @@ def _overrides(data_dir, **extra):
     return tiny_overrides(data_dir, **{**base, **extra})
 
 
-def test_pgd_training_raises_pgd_robust_accuracy_on_digits(data_dir, tmp_path):
+def test_pgd_training_raises_pgd_robust_accuracy_on_digits(data_dir, tmp_path, monkeypatch):
+    # On one device: with the 8 fake CPU devices, XLA's in-process all-reduce inside this
+    # run's PGD step intermittently aborts the process on 2 oversubscribed cores
+    # ("rendezvous.cc: Termination timeout for all reduce", jaxlib 0.10.2). The sharded
+    # robust step is covered by the other tests here; this one measures the method.
+    from distill_jax.train import setup as setup_module
+
+    one_device = jax.devices()[:1]
+    monkeypatch.setattr(
+        setup_module,
+        "make_strategy",
+        lambda name, devices=None, **kw: parallel.make_strategy(name, one_device, **kw),
+    )
     spec = attacks.parse_attack({"name": "pgd", "eps": 0.1, "steps": 10})
     split = load_split("digits", "test", data_dir)
     out = {}
@@ -400,6 +412,7 @@ def test_pmap_equals_jit_with_adversarial_inputs(data_dir, tmp_path):
 # ------------------------------------------------------- experiments/robust_kd driver
 
 
+@pytest.mark.slow
 def test_robust_kd_driver_tiny(data_dir, tmp_path, monkeypatch):
     """The experiment's driver on tiny MLPs and digits (the full experiment has not been
     run): both teachers, student rows PGD-AT / KD / ARD / AdaAD, two attacks, the
