@@ -494,28 +494,37 @@ def make_task(config: ml_collections.ConfigDict, role: str, data: Data) -> Task:
     )
 
 
+def _refuse_unsupported(
+    config, role: str, token_aug: bool, specific: dict[str, bool], task: str
+) -> None:
+    """Refuses, by its key, the first option a token-level task does not support: token
+    augmentation, image augmentation, the task's `specific` ones, and pmap (under pmap
+    each device averages over its own tokens and the means are averaged: not the global
+    token mean when devices hold different numbers of them)."""
+    unsupported = {
+        f"{role}.train.token_augment": token_aug,
+        f"{role}.train.translate / flip": bool(config[role].train.translate)
+        or bool(config[role].train.flip),
+        **specific,
+        "parallel.strategy 'pmap'": config.parallel.strategy == "pmap",
+    }
+    for key, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{key} is not supported for {task}; leave it at its default")
+
+
 def _check_tagging(config, role: str, info: data_lib.DatasetInfo, token_aug: bool) -> None:
     """What token classification does not support (yet): each refused by its key.
 
     `data.unlabelled` is supported with word-aligned datasets (`_with_unlabelled` refuses
     the others when the data is loaded; a run without a teacher is refused by
     `setup._check_label_free`, as for classification)."""
-    unsupported = {
-        f"{role}.train.token_augment": token_aug,
-        f"{role}.train.translate / flip": bool(config[role].train.translate)
-        or bool(config[role].train.flip),
+    specific = {
         "data.length_bucket": bool(config.data.length_bucket),
         "distill.cache": bool(config.distill.cache),
-        # Under pmap each device averages over its own tagged tokens and the means are
-        # averaged: not the global token mean when devices hold different numbers of tags.
-        "parallel.strategy 'pmap'": config.parallel.strategy == "pmap",
     }
-    for key, used in unsupported.items():
-        if used:
-            raise ConfigError(
-                f"{key} is not supported for token classification (dataset '{info.name}' "
-                f"has a tag per token); leave it at its default"
-            )
+    task = f"token classification (dataset '{info.name}' has a tag per token)"
+    _refuse_unsupported(config, role, token_aug, specific, task)
 
 
 def _check_causal_lm(config, role: str, info: data_lib.DatasetInfo, token_aug: bool) -> None:
@@ -523,24 +532,14 @@ def _check_causal_lm(config, role: str, info: data_lib.DatasetInfo, token_aug: b
 
     Robust training and attacks are refused by their own checks (token ids are discrete);
     latency is measured at batch 1 (`CausalLM.latency_batch_size`)."""
-    unsupported = {
-        f"{role}.train.token_augment": token_aug,
-        f"{role}.train.translate / flip": bool(config[role].train.translate)
-        or bool(config[role].train.flip),
+    specific = {
         # Packed sequences are full length: there is no padding to cut.
         "data.length_bucket": bool(config.data.length_bucket),
         "data.unlabelled": bool(config.data.unlabelled),
         "distill.exposure other than 'full'": config.distill.exposure != "full",
-        # Under pmap each device averages over its own target tokens and the means are
-        # averaged: not the global token mean when devices hold different numbers.
-        "parallel.strategy 'pmap'": config.parallel.strategy == "pmap",
     }
-    for key, used in unsupported.items():
-        if used:
-            raise ConfigError(
-                f"{key} is not supported for causal language modelling (dataset "
-                f"'{info.name}' holds next-token targets); leave it at its default"
-            )
+    task = f"causal language modelling (dataset '{info.name}' holds next-token targets)"
+    _refuse_unsupported(config, role, token_aug, specific, task)
 
 
 def teacher_source(
