@@ -560,9 +560,14 @@ def teacher_source(
     if not config.distill.cache:
         if teacher is None:
             if exposure != "full":
+                hint = (
+                    "pass --teacher DIR (or distill.cache)"
+                    if role == "student"
+                    else "it is for a student distilled from a teacher (distill-jax distill)"
+                )
                 raise ConfigError(
-                    f"distill.exposure = {exposure!r} limits what the {role} sees of a "
-                    f"teacher, and it trains alone: pass --teacher DIR (or distill.cache)"
+                    f"distill.exposure = {exposure!r} limits what a student sees of a "
+                    f"teacher, and this {role} trains alone: {hint}"
                 )
             return NoTeacher()
         source = OnlineTeacher(teacher_in_dtype(teacher, config.dtype))
