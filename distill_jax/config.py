@@ -87,7 +87,8 @@ def _train_defaults(**overrides: Any) -> dict[str, Any]:
         "on_nonfinite": "stop",  # NaN/Inf loss or gradients: stop | skip (the step)
         # Robust training / robust distillation (robust.py): each step trains on
         # adversarial inputs x' found by `steps` L-inf sign-gradient steps of `step_size`
-        # (None: 2.5 * eps / steps) within `eps` of x (pixels in [0, 1]; image data only).
+        # (None: 2.5 * eps / steps) within `eps` of x (pixels in [0, 1]; image data only);
+        # eps_warmup: the fraction of steps over which that eps rises linearly from 0.
         # method: None (off) | pgd_at (Madry) | trades | ard | iad | rslad | adaad; the last
         # four distil from a teacher (student only; iad / adaad also run the teacher on x',
         # so not from distill.cache). `<method>_<name>`: its hyperparameters (paper values).

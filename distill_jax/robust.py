@@ -20,6 +20,10 @@ method it is:
 maximisation is sign-gradient ascent (PGD, L-inf) with projection onto S(x)
 (`attacks.project`): `steps` steps of `step_size` (default `attacks.pgd_step_size`,
 2.5 * eps / steps; eps / 4 for 10 steps, the official codes' 2/255 at eps 8/255).
+`eps_warmup` > 0 ramps the training radius linearly from 0 to eps over that fraction of
+the run's steps (with the default step size in proportion): PGD training at MNIST's
+eps = 0.3 from the first step can stall at chance (loss ~ log 10), which the ramp
+avoids (the curriculum of Gowal et al. 2018's IBP training and of many PGD-AT recipes).
 
 The methods (config `<role>.train.robust.method`), each with its paper's defaults:
 
@@ -248,7 +252,7 @@ class NoPerturbation:
     teacher_on_adv: ClassVar[bool] = False
     replaces_objective: ClassVar[bool] = False
 
-    def views(self, student_fn, teacher_fn, x_BX, labels_B, teacher_out, key) -> dict:
+    def views(self, student_fn, teacher_fn, x_BX, labels_B, teacher_out, key, step=0) -> dict:
         """The extra inputs the student trains on: none."""
         return {}
 
@@ -269,6 +273,8 @@ class RobustMethod(NoPerturbation):
             CE methods, x + 0.001 N(0, I) for the KL ones), else from x.
         hparams: the method's hyperparameters (`DEFAULTS[name]` with the config's).
         begin_step: IAD only: the step from which the introspection term is on.
+        eps_warmup_steps: the training radius rises linearly from eps / n to eps over
+            the first n steps (0: eps from the start).
     """
 
     eps: float
@@ -277,22 +283,31 @@ class RobustMethod(NoPerturbation):
     random_start: bool = True
     hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
     begin_step: int = 0
+    eps_warmup_steps: int = 0
 
     #: "ce": the inner loss is the student's CE; else a KL with a Gaussian start.
     inner: ClassVar[str] = "ce"
 
-    def _start(self, key, x_BX):
+    def eps_at(self, step) -> Any:
+        """The training radius at `step` (0-based): eps, or eps * min(1, (step + 1) / n)
+        during an `eps_warmup_steps` = n ramp."""
+        if self.eps_warmup_steps <= 0:
+            return self.eps
+        frac = jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1.0) / self.eps_warmup_steps)
+        return self.eps * frac
+
+    def _start(self, key, x_BX, eps):
         if not self.random_start:
             return x_BX
         if self.inner == "ce":
-            return random_start(key, x_BX, self.eps, "linf")
+            return random_start(key, x_BX, eps, "linf")
         return x_BX + GAUSSIAN_START * jax.random.normal(key, x_BX.shape, x_BX.dtype)
 
     def inner_loss(self, student_fn, teacher_fn, x_BX, labels_B, teacher_out) -> Callable:
         """`f(x') -> (B,)`: the per-example loss the inner maximisation ascends."""
         return lambda xa: ce_rows(student_fn(xa), labels_B)
 
-    def views(self, student_fn, teacher_fn, x_BX, labels_B, teacher_out, key):
+    def views(self, student_fn, teacher_fn, x_BX, labels_B, teacher_out, key, step=0):
         """`{"adv": x'}`: the inner maximiser, with the student's current parameters.
 
         Args:
@@ -302,15 +317,20 @@ class RobustMethod(NoPerturbation):
             labels_B: their labels.
             teacher_out: the teacher's outputs on x (or None).
             key: the random start's key.
+            step: the training step (the radius of an `eps_warmup_steps` ramp).
         """
         objective_B = self.inner_loss(student_fn, teacher_fn, x_BX, labels_B, teacher_out)
+        eps = self.eps_at(step)
+        step_size = self.step_size
+        if step_size is not None and self.eps_warmup_steps > 0:  # in proportion to eps
+            step_size = step_size * eps / self.eps
         x_adv = maximise(
             objective_B,
             x_BX,
-            self._start(key, x_BX),
-            eps=self.eps,
+            self._start(key, x_BX, eps),
+            eps=eps,
             steps=self.steps,
-            step_size=pgd_step_size(self.eps, self.steps, self.step_size),
+            step_size=pgd_step_size(eps, self.steps, step_size),
         )
         return {"adv": x_adv}
 
@@ -428,6 +448,7 @@ def default_section() -> dict[str, Any]:
         "steps": 10,
         "step_size": None,
         "random_start": True,
+        "eps_warmup": 0.0,
     }
     for method, hparams in DEFAULTS.items():
         section.update({f"{method}_{k}": v for k, v in hparams.items()})
@@ -466,6 +487,12 @@ def validate_section(section: Mapping[str, Any], key: str, role: str) -> None:
         or not 0 < step_size < math.inf
     ):
         raise ConfigError(f"{key}.step_size must be > 0 (or None: 2.5 * eps / steps)")
+    warmup = section["eps_warmup"]
+    if isinstance(warmup, bool) or not isinstance(warmup, int | float) or not 0 <= warmup < 1:
+        raise ConfigError(
+            f"{key}.eps_warmup = {warmup!r} must be in [0, 1): the fraction of the run's "
+            f"steps over which the training eps rises from 0 (0: no ramp)"
+        )
     if method is None:
         return
     if not section["random_start"] and METHODS[method].inner == "kl":
@@ -521,6 +548,7 @@ def make_robust(section: Mapping[str, Any], total_steps: int = 0) -> NoPerturbat
         random_start=bool(section["random_start"]),
         hparams=hparams,
         begin_step=begin_step,
+        eps_warmup_steps=int(round(float(section["eps_warmup"]) * total_steps)),
     )
 
 

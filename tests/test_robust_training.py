@@ -165,8 +165,28 @@ def test_inner_max_stays_in_the_threat_set_and_increases_its_objective(name):
     at_x, at_adv = float(jnp.sum(inner(x))), float(jnp.sum(inner(x_adv)))
     assert at_adv > at_x + 0.1 * abs(at_x) + 1e-3, (at_x, at_adv)
     # And it is not a random point: the ascent beats the method's own start.
-    start = float(jnp.sum(inner(method._start(jax.random.PRNGKey(3), x).clip(0, 1))))
+    start = float(jnp.sum(inner(method._start(jax.random.PRNGKey(3), x, 0.1).clip(0, 1))))
     assert at_adv > start
+
+
+def test_eps_warmup_ramps_the_training_radius_and_then_holds_it():
+    student_fn = _mlp(seed=0)
+    x, y = _inputs()
+    method = _method("pgd_at", eps=0.2, eps_warmup=0.5)  # 10 steps: a 5-step ramp
+    assert method.eps_warmup_steps == 5
+    for step, eps in [(0, 0.04), (1, 0.08), (4, 0.2), (9, 0.2)]:
+        np.testing.assert_allclose(float(method.eps_at(step)), eps, rtol=1e-6)
+        (x_adv,) = method.views(
+            student_fn, None, x, y, {}, jax.random.PRNGKey(1), jnp.asarray(step)
+        ).values()
+        moved = float(jnp.max(jnp.abs(x_adv - x)))
+        assert eps * 0.9 < moved <= eps + 1e-6, (step, moved)
+    # Without a ramp the radius is eps at every step; the explicit step size scales with it.
+    assert _method("pgd_at", eps=0.2).eps_at(jnp.asarray(0)) == 0.2
+    ramped = _method("pgd_at", eps=0.2, eps_warmup=0.5, step_size=0.05, steps=1,
+                     random_start=False)
+    (x_adv,) = ramped.views(student_fn, None, x, y, {}, jax.random.PRNGKey(1), 0).values()
+    assert float(jnp.max(jnp.abs(x_adv - x))) == pytest.approx(0.01, rel=1e-5)
 
 
 def test_a_tiny_eps_reduces_each_objective_to_its_clean_counterpart():
@@ -332,6 +352,11 @@ def _refused(capsys, code, *fragments):
             "train",
             {"teacher.train.robust.method": "trades", "teacher.train.robust.random_start": False},
             ["zero gradient at x"],
+        ),
+        (
+            "train",
+            {"teacher.train.robust.method": "pgd_at", "teacher.train.robust.eps_warmup": 1.0},
+            ["teacher.train.robust.eps_warmup = 1.0", "[0, 1)"],
         ),
     ],
 )

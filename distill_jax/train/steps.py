@@ -172,7 +172,9 @@ def make_update(
             eval_variables["batch_stats"] = state.batch_stats
         student_fn = lambda x: model.apply(eval_variables, x, train=False)[0]  # noqa: E731
         teacher_fn = teacher.logits_fn(frozen)
-        views = robust.views(student_fn, teacher_fn, inputs, labels, teacher_out, robust_key)
+        views = robust.views(
+            student_fn, teacher_fn, inputs, labels, teacher_out, robust_key, state.step
+        )
         if robust.teacher_on_adv:
             teacher_out = {
                 **teacher_out,

@@ -23,8 +23,12 @@ import copy
 EPS = 0.3
 STEPS = 10  # inner maximisation steps while training (step 2.5 * eps / steps = 0.075)
 SEEDS = 3
-EPOCHS = {"teacher": 10, "student": 10}
+EPOCHS = {"teacher": 20, "student": 20}
 """Estimated, not measured (see the module docstring)."""
+EPS_WARMUP = 0.3
+"""Training eps rises linearly from 0 to EPS over the first 30 % of the steps: at eps 0.3
+from the first step, a 10-epoch PGD teacher stalled near chance (validation accuracy 63 %,
+training adversarial accuracy 23 % after 8 epochs, loss ~ log 10) in the first attempt."""
 
 DATA = {"name": "mnist_5k"}
 TEACHER = {"name": "cnn", "widths": [32, 64], "dense": 128}
@@ -70,7 +74,7 @@ ATTACKS = [
 
 
 def robust_section(method):
-    return {"method": method, "eps": EPS, "steps": STEPS}
+    return {"method": method, "eps": EPS, "steps": STEPS, "eps_warmup": EPS_WARMUP}
 
 
 def config(role: str, method=None) -> dict:
