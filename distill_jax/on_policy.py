@@ -199,8 +199,10 @@ class OnPolicyTeacher(OnlineTeacher):
 
     def __call__(self, frozen, inputs, index, step, *, labels, student: StudentPolicy):
         """`(inputs, outputs)` with `outputs = {"logits": (B, T, V), "features": ...,
-        "label": (B, T)}`: the teacher on the sequences the student trains on, and their
-        labels (the batch's own on a corpus step)."""
+        "label": (B, T), "metrics": {"on_policy": 0. or 1.}}`: the teacher on the sequences
+        the student trains on, their labels (the batch's own on a corpus step), and whether
+        they were the student's samples (logged; its mean over a logging window is the
+        fraction of on-policy steps, about `lmbda`)."""
         del index, step  # the draws come from the step's key
         sample_key = jax.random.fold_in(student.key, 1)
         gen = dict(temperature=self.temperature, top_p=self.top_p, eos_id=self.eos_id)
@@ -219,15 +221,18 @@ class OnPolicyTeacher(OnlineTeacher):
         on_student_branch = own(student.model, student.params)
         off_branch = own(self.teacher.model, frozen["params"]) if self.seq_kd else corpus
         if self.lmbda == 0.0:  # static: never compile the student's generation
+            pick = jnp.asarray(False)
             ids_BT, labels_BT = off_branch(None)
         elif self.lmbda == 1.0:
+            pick = jnp.asarray(True)
             ids_BT, labels_BT = on_student_branch(None)
         else:
             pick = self.on_student(student.key)
             ids_BT, labels_BT = jax.lax.cond(pick, on_student_branch, off_branch, None)
         logits, features = self.teacher.model.apply(frozen, ids_BT, train=False)
         outputs = jax.lax.stop_gradient({"logits": logits, "features": features})
-        return ids_BT, {**outputs, "label": labels_BT}
+        metrics = {"on_policy": pick.astype(jnp.float32)}
+        return ids_BT, {**outputs, "label": labels_BT, "metrics": metrics}
 
 
 def check_fit(

@@ -65,11 +65,17 @@ def compile_step(parts, source):
     return jax.jit(make_train_step(STUDENT, parts["tx"], parts["objective"], teacher=source))
 
 
-def one_step(parts, source, state=None, batch=None):
+def one_step(parts, source, state=None, batch=None, on_policy=None):
+    """One step's `(state, metrics)`; a generating source's `on_policy` metric is checked
+    against `on_policy` (0 / 1) and taken out, so the rest compares with the online step."""
     step = parts["online"] if source == "online" else compile_step(parts, source)
     state = parts["state"] if state is None else state
     batch = parts["batch"] if batch is None else batch
-    return step(state, frozen_inputs(parts["teacher"].variables), batch)
+    new_state, metrics = step(state, frozen_inputs(parts["teacher"].variables), batch)
+    if source != "online":
+        metrics = dict(metrics)
+        assert float(metrics.pop("on_policy")) == on_policy
+    return new_state, metrics
 
 
 def step_key(state):
@@ -83,7 +89,7 @@ def assert_trees_equal(a, b):
 
 def test_lmbda_zero_and_a_corpus_draw_are_the_online_step_exactly(parts):
     online = one_step(parts, "online")
-    assert_trees_equal(one_step(parts, OnPolicyTeacher(parts["teacher"], 0.0, P)), online)
+    assert_trees_equal(one_step(parts, OnPolicyTeacher(parts["teacher"], 0.0, P), on_policy=0), online)
     # lmbda in (0, 1) compiles both branches under lax.cond; at a step whose draw is
     # "corpus" the update is still the online one, bit for bit.
     source = OnPolicyTeacher(parts["teacher"], 0.5, P)
@@ -93,7 +99,7 @@ def test_lmbda_zero_and_a_corpus_draw_are_the_online_step_exactly(parts):
         if not bool(source.on_student(step_key(state))):
             break
     online = one_step(parts, "online", state=state)
-    assert_trees_equal(one_step(parts, source, state=state), online)
+    assert_trees_equal(one_step(parts, source, state=state, on_policy=0), online)
 
 
 def test_lmbda_one_trains_on_the_students_samples_scored_by_the_teacher(parts):
@@ -132,7 +138,7 @@ def test_lmbda_one_trains_on_the_students_samples_scored_by_the_teacher(parts):
     # The step trains on exactly that batch: equal to the online step fed it directly.
     generated = {**batch, "image": ids, "label": labels}
     online = one_step(parts, "online", batch=generated)
-    new_state, metrics = one_step(parts, source)
+    new_state, metrics = one_step(parts, source, on_policy=1)
     assert_trees_equal((new_state, metrics), online)
     assert np.isfinite(float(metrics["lm_jsd"])) and float(metrics["grad_norm"]) > 0
 
@@ -203,7 +209,7 @@ def test_seq_kd_trains_on_the_teachers_greedy_generations(parts):
     source = OnPolicyTeacher(teacher, 0.0, P, temperature=0.0, seq_kd=True)
     generated = {**batch, "image": np.asarray(ids), "label": np.asarray(labels)}
     online = one_step(parts, "online", batch=generated)
-    assert_trees_equal(one_step(parts, source), online)
+    assert_trees_equal(one_step(parts, source, on_policy=0), online)
 
 
 def pretend_teacher(config) -> Teacher:
@@ -251,16 +257,19 @@ def test_fit_runs_on_generated_sequences(text_dir, data_dir, tmp_path, regime, e
         config, str(tmp_path / regime), role="student", teacher=pretend_teacher(config)
     )
     assert isinstance(run.teacher, OnPolicyTeacher)
+    draws = [bool(run.teacher.on_student(step_key(run.state.replace(step=s)))) for s in range(3)]
     if regime == "gkd":  # at least one of the 3 steps draws the student's samples
-        assert any(
-            bool(run.teacher.on_student(step_key(run.state.replace(step=s)))) for s in range(3)
-        )
+        assert any(draws)
     start = jax.device_get(run.state.params)
     result = loop.train(run)
     assert result.steps == 3
     metrics = [json.loads(line) for line in open(tmp_path / regime / "metrics.jsonl")]
     train = [m for m in metrics if m.get("split") == "train"]
     assert train and all(np.isfinite(m["loss"]) for m in train)
+    # The logged fraction of steps on the student's samples: the draws of the 3 steps.
+    want = np.mean(draws) if regime == "gkd" else 0.0
+    logged = [m["on_policy"] for m in train]
+    assert logged[-1] == pytest.approx(want), (logged, draws)
     moved = jax.tree.map(
         lambda a, b: np.abs(np.asarray(a) - b).max(), result.variables["params"], start
     )

@@ -316,7 +316,12 @@ def make_train_step(
             extra = {"labels": labels, "student": students.policy(model, state)}
         images, teacher_out = teacher(frozen["teacher"], images, index, step, **extra)
         labels, teacher_out = _own_labels(labels, teacher_out)
+        source_metrics = {}
+        if teacher_out is not None and "metrics" in teacher_out:  # e.g. on_policy: 0 / 1
+            teacher_out = dict(teacher_out)
+            source_metrics = teacher_out.pop("metrics")
         shared = (images, labels, index, teacher_out, frozen["teacher"])
-        return students.run(update, state, *shared)
+        state, metrics = students.run(update, state, *shared)
+        return state, {**metrics, **source_metrics}
 
     return train_step
