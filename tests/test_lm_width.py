@@ -280,6 +280,9 @@ def test_written_directory_round_trips_into_a_student(tmp_path, model_and_params
     files = lm_width.write_pruned(str(out), pruned, new, tokenizer=source, report={"a": 1})
     assert files == ["config.json", "model.safetensors", "pruning.json", "tokenizer.json"]
     assert sorted(os.listdir(tmp_path)) == ["pruned", "tok"]  # no temporary directory left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
     config = json.loads((out / "config.json").read_text())
     assert (config["head_dim"], config["num_attention_heads"], config["eos_token_id"]) == (8, 2, 0)
     cfg, loaded = hf_llama.load_params(out)

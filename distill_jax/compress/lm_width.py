@@ -591,6 +591,12 @@ def write_pruned(
             with open(os.path.join(tmp, REPORT_FILE), "w") as f:
                 json.dump(report, f, indent=2)
         files = sorted(os.listdir(tmp))
+        # mkdtemp makes the directory private (0700); the result is an ordinary one
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
         if os.path.exists(out):
             old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
             os.replace(out, os.path.join(old, "out"))
