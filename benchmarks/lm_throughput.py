@@ -116,7 +116,7 @@ def matmul_params(model: Llama, params: Any) -> int:
 def lm_flops(model: Llama, params: Any, tokens: int, seq_len: int, train: bool) -> float:
     """Model FLOPs of `tokens` tokens (sequences of `seq_len`): a forward is `2 N +
     4 L T H E` per token, a train step 3 x that (module docstring)."""
-    attention = 4 * model.num_layers * seq_len * model.num_heads * model.head_dim
+    attention = 4 * model.num_layers * seq_len * model.num_heads * model.head_size
     forward = 2 * matmul_params(model, params) + attention
     return float(tokens) * forward * (3 if train else 1)
 

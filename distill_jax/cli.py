@@ -14,6 +14,11 @@
     distill-jax capacity --config FILE --workdir DIR [--teacher TEACHER_DIR] [--students ...]
     distill-jax evaluate --workdir DIR [--teacher TEACHER_DIR] [--split test]
                          [--attack pgd,apgd_ce --eps 0.1 [--steps 20] [--restarts 1]]
+    distill-jax prune-width --checkpoint smollm2-135m-q4 --data news_lm/len128 --out DIR
+                         [--sequences 32] [--layers 0 10 20 29] [--intermediate_size F]
+                         [--kv_heads K] [--hidden_size D]
+                         (Minitron: depth, then width pruning by activation importance;
+                         writes a Hugging Face directory a student loads with init_from)
 
 Multi-process (multi-host) runs: start the same command in every process with
 `--coordinator_address HOST:PORT --num_processes P --process_id I` (or none of them on a
@@ -160,6 +165,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no_eval", action="store_true", help="skip the model card's test metrics")
+
+    p = sub.add_parser(
+        "prune-width",
+        help="Minitron pruning of a Llama checkpoint (depth, then width by activation "
+        "importance) into a Hugging Face directory",
+    )
+    p.add_argument("--checkpoint", required=True, help="GGUF file, HF directory or known name")
+    p.add_argument("--data", required=True, help="calibration data: news_lm/len128, text_lm:PATH")
+    p.add_argument("--out", required=True, help="directory to write (absent or empty)")
+    p.add_argument("--sequences", type=int, default=32, help="calibration sequences (32)")
+    p.add_argument("--split", default="train", help="split they come from (train)")
+    p.add_argument("--layers", type=int, nargs="+", help="blocks to keep (depth pruning first)")
+    p.add_argument("--intermediate_size", type=int, help="MLP neurons per block to keep")
+    p.add_argument("--kv_heads", type=int, help="key/value groups per block to keep")
+    p.add_argument("--hidden_size", type=int, help="hidden (embedding) channels to keep")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (8)")
+    p.add_argument("--data_dir", help="TFDS data dir (else $TFDS_DATA_DIR, else cache)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -231,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.command == "prune-width":
+        return _prune_width(args, overrides)
     if args.coordinator_address or args.num_processes or args.process_id is not None:
         args.distributed = True
     if args.distributed:  # before any JAX computation
@@ -497,6 +523,32 @@ def _print_metrics(metrics: dict) -> None:
                 print(f"{label:<{width}}  {r['robust_accuracy']:.6g}  ({settings})")
             continue
         print(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def _prune_width(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`prune-width`: prints the before/after table and the student config."""
+    if overrides:
+        raise ConfigError("prune-width takes no --config overrides")
+    from distill_jax.compress.lm_width import format_table, prune_checkpoint
+
+    report = prune_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.out,
+        sequences=args.sequences,
+        split=args.split,
+        layers=args.layers,
+        intermediate_size=args.intermediate_size,
+        num_kv_heads=args.kv_heads,
+        hidden_size=args.hidden_size,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+    )
+    print(format_table(report))
+    print(f"student config: {json.dumps(report['student_config'])}")
+    print(f"time: {report['timings']['total_s']:.1f} s")
+    return 0
 
 
 def _write_json(path: str, obj: dict) -> None:

@@ -17,7 +17,10 @@ Two sources, one parameter tree (`models/llama.py`):
   b_1, ...]` (reshape `(heads, 2, E/2, D)`, swap axes 1 and 2). `unpermute_rope_rows`
   undoes it (K with the key/value head count), giving HF's layout, which `Llama` uses.
 * **Hugging Face directory** (`config.json` with `model_type` `llama`, `*.safetensors`,
-  `tokenizer.json`): tensors are named as in `LlamaForCausalLM`'s state dict.
+  `tokenizer.json`): tensors are named as in `LlamaForCausalLM`'s state dict. A
+  `head_dim` other than `hidden_size / num_attention_heads` (LlamaConfig's field, written
+  by width pruning, `compress/lm_width.py`) becomes the model's `head_dim`; the config
+  dicts hold the key only then, so ordinary checkpoints read as before.
 
 Both go through `checked_tensors`, which names every missing, unexpected or mis-shaped
 tensor (the GGUF's names for a GGUF file), then `to_flax` (PyTorch's `Linear.weight` is
@@ -107,7 +110,7 @@ _GGUF_GLOBAL = {
 def hf_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """HF tensor name -> shape (PyTorch layout, `(out, in)`) for a `read_*_config` dict."""
     V, D, F = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
-    E = D // cfg["num_heads"]
+    E = head_dim_of(cfg)
     HE, KE = cfg["num_heads"] * E, cfg["num_kv_heads"] * E
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D)}
     for i in range(cfg["num_layers"]):
@@ -129,6 +132,11 @@ def hf_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     if not cfg["tie_embeddings"]:
         shapes["lm_head.weight"] = (V, D)
     return shapes
+
+
+def head_dim_of(cfg: dict[str, Any]) -> int:
+    """The head width of a config dict: its `head_dim`, else `hidden_size // num_heads`."""
+    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_heads"])
 
 
 def gguf_name(hf_name: str) -> str:
@@ -311,7 +319,7 @@ def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         CheckpointError: not a Llama config, or one with features `Llama` lacks (biases,
-            RoPE scaling, another activation, a head dimension other than D / H).
+            RoPE scaling, another activation, an odd head dimension).
     """
     directory = Path(directory)
     with open(require_file(directory, "config.json")) as f:
@@ -327,9 +335,12 @@ def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
     if c.get("rope_scaling"):
         raise CheckpointError(f"{where}: rope_scaling {c['rope_scaling']} is not supported")
     D, H = int(c["hidden_size"]), int(c["num_attention_heads"])
-    if c.get("head_dim") not in (None, D // H):
-        raise CheckpointError(f"{where}: head_dim {c['head_dim']} is not hidden_size / heads")
-    return {
+    head_dim = c.get("head_dim")
+    if head_dim is not None and (
+        isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2
+    ):
+        raise CheckpointError(f"{where}: head_dim {head_dim!r} is not an even integer >= 2")
+    cfg = {
         "vocab_size": int(c["vocab_size"]),
         "hidden_size": D,
         "num_layers": int(c["num_hidden_layers"]),
@@ -341,6 +352,9 @@ def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
         "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
         "max_position": int(c.get("max_position_embeddings", 2048)),
     }
+    if head_dim is not None and (D % H or head_dim != D // H):
+        cfg["head_dim"] = head_dim
+    return cfg
 
 
 def read_hf_tensors(directory: str | os.PathLike, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -446,6 +460,7 @@ def hf_config(module: Any) -> dict[str, Any]:
         "num_hidden_layers": module.num_layers,
         "num_attention_heads": module.num_heads,
         "num_key_value_heads": module.num_kv_heads,
+        "head_dim": module.head_size,
         "intermediate_size": module.intermediate_size,
         "hidden_act": "silu",
         "rope_theta": module.rope_theta,
@@ -456,6 +471,18 @@ def hf_config(module: Any) -> dict[str, Any]:
         "mlp_bias": False,
         "torch_dtype": "float32",
     }
+
+
+def config_of(module: Any) -> dict[str, Any]:
+    """The `Llama` keyword arguments of a module, as `read_config` gives them for its
+    checkpoint (`head_dim` only where it is not `hidden_size // num_heads`)."""
+    cfg = {key: getattr(module, key) for key in _CONFIG_KEYS}
+    if module.head_dim is not None and (
+        module.hidden_size % module.num_heads
+        or module.head_dim != module.hidden_size // module.num_heads
+    ):
+        cfg["head_dim"] = module.head_dim
+    return cfg
 
 
 def read_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
@@ -529,6 +556,11 @@ def init_from_checkpoint(module: Any, params: Any) -> Any:
             raise ConfigError(
                 f"model {key} {ours} differs from the checkpoint's {theirs} ({module.init_from})"
             )
+    if module.head_size != head_dim_of(cfg):
+        raise ConfigError(
+            f"model head_dim {module.head_size} differs from the checkpoint's "
+            f"{head_dim_of(cfg)} ({module.init_from})"
+        )
     n = module.num_layers
     layers = list(range(n)) if module.init_layers is None else [int(i) for i in module.init_layers]
     if len(layers) != n:

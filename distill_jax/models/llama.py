@@ -176,10 +176,14 @@ class Llama(nn.Module):
             dataset's (`vocab_from_data`) when a config leaves it out.
         hidden_size: model width D.
         num_layers: number of decoder blocks.
-        num_heads: query heads H (must divide `hidden_size`).
+        num_heads: query heads H (must divide `hidden_size` unless `head_dim` is set).
         num_kv_heads: key/value heads (must divide `num_heads`); `num_heads` is plain
             multi-head attention, fewer is grouped-query attention.
         intermediate_size: SwiGLU MLP width F.
+        head_dim: E, the width of one attention head (even); None for
+            `hidden_size // num_heads`. Set it when width pruning (`compress/lm_width.py`)
+            removes hidden channels or key/value groups but keeps the heads' width (HF's
+            LlamaConfig `head_dim`); the attention's projections are then `D x H*E`.
         rope_theta: RoPE base.
         rms_norm_eps: RMSNorm epsilon.
         tie_embeddings: the LM head is the token embedding transposed (no `lm_head`).
@@ -200,6 +204,7 @@ class Llama(nn.Module):
     num_heads: int = 9
     num_kv_heads: int = 3
     intermediate_size: int = 1536
+    head_dim: int | None = None
     rope_theta: float = 100000.0
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -211,8 +216,9 @@ class Llama(nn.Module):
     vocab_from_data = True  # not a field: `create_model` passes the data's vocabulary
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def head_size(self) -> int:
+        """E, the width of one head: `head_dim`, or `hidden_size // num_heads` without it."""
+        return self.hidden_size // self.num_heads if self.head_dim is None else self.head_dim
 
     def _check(self) -> None:
         if self.num_classes not in (0, self.vocab_size):
@@ -220,10 +226,15 @@ class Llama(nn.Module):
                 f"llama: the data's vocabulary has {self.num_classes} tokens, the model's "
                 f"vocab_size is {self.vocab_size}; they must be equal"
             )
-        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+        if self.head_dim is not None:
+            if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int):
+                raise ConfigError(f"llama: head_dim must be an even integer, got {self.head_dim!r}")
+            if self.head_dim < 2 or self.head_dim % 2:
+                raise ConfigError(f"llama: head_dim {self.head_dim} must be even and at least 2")
+        elif self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ConfigError(
                 f"llama: hidden_size {self.hidden_size} must be num_heads {self.num_heads} "
-                "times an even head dimension"
+                "times an even head dimension (or set head_dim)"
             )
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
             raise ConfigError(
@@ -243,7 +254,7 @@ class Llama(nn.Module):
             LlamaBlock(
                 num_heads=self.num_heads,
                 num_kv_heads=self.num_kv_heads,
-                head_dim=self.head_dim,
+                head_dim=self.head_size,
                 intermediate_size=self.intermediate_size,
                 rms_norm_eps=self.rms_norm_eps,
                 dtype=self.dtype,
@@ -293,7 +304,7 @@ class Llama(nn.Module):
         causal_LL = jnp.tril(jnp.ones((L, L), bool))
         allowed_BLL = causal_LL[None] & valid_BL[:, None, :]
         bias_BLL = jnp.where(allowed_BLL, 0.0, _NEG_INF).astype(jnp.float32)
-        cos, sin = rope_cos_sin(positions_BL, self.head_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(positions_BL, self.head_size, self.rope_theta)
         x_BLD = self.embed(ids_BL).astype(self.dtype)
         features: Features = {"mask": valid_BL.astype(jnp.float32), "embeddings": x_BLD}
         for i, block in enumerate(self.blocks):
@@ -306,7 +317,7 @@ class Llama(nn.Module):
     def init_cache(self, batch: int, length: int, dtype: Any = jnp.float32) -> list[dict]:
         """An empty KV cache of `length` slots: per block `{"k", "v"}` arrays
         `(B, S, num_kv_heads, head_dim)` (a plain pytree, not a Flax collection)."""
-        shape = (batch, length, self.num_kv_heads, self.hidden_size // self.num_heads)
+        shape = (batch, length, self.num_kv_heads, self.head_size)
         return [
             {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(self.num_layers)
@@ -345,7 +356,7 @@ class Llama(nn.Module):
         causal_TS = jnp.arange(S)[None, :] <= slots_T[:, None]
         allowed_BTS = causal_TS[None] & key_valid_BS[:, None, :]
         bias_BTS = jnp.where(allowed_BTS, 0.0, _NEG_INF).astype(jnp.float32)
-        cos, sin = rope_cos_sin(positions_BT, self.head_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(positions_BT, self.head_size, self.rope_theta)
         x_BTD = self.embed(ids_BT).astype(self.dtype)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
