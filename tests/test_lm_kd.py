@@ -2,7 +2,8 @@
 
 A sharpened random Llama over SmolLM2's vocabulary (test_lm_cache.sharp_teacher) teaches
 one-block random students on a tiny `text_lm:` corpus: every row of the driver (CE alone,
-the top-k cached divergences, on-policy GKD, the random-init pair), the table, the
+the top-k cached divergences, on-policy GKD, the random-init pair, the width-pruned
+student), the table, the
 sentences computed from it and the generations section; a second call trains nothing and
 gives the same numbers.
 """
@@ -14,7 +15,7 @@ import os
 
 import pytest
 from test_lm_cache import LEN, sharp_teacher
-from test_news_lm import SMALLER, corpus
+from test_news_lm import SMALLER, TINY, corpus
 
 from distill_jax.config import import_file
 
@@ -32,7 +33,10 @@ def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch)
     path = os.path.join(os.path.dirname(__file__), "..", "experiments/lm_kd/run.py")
     run = import_file(path)
     monkeypatch.setattr(run, "DATA", {"name": f"text_lm/len{LEN}:{text_dir}", "data_dir": data_dir})
-    monkeypatch.setattr(run, "STUDENTS", {"pruned": SMALLER, "random": {**SMALLER, "num_heads": 1}})
+    width = {**TINY, "num_layers": 1, "intermediate_size": 24}  # pruned from the teacher
+    students = {"pruned": SMALLER, "random": {**SMALLER, "num_heads": 1}, "width": width}
+    monkeypatch.setattr(run, "STUDENTS", students)
+    monkeypatch.setattr(run, "WIDTH_PRUNING", {"layers": [1], "intermediate_size": 24, "sequences": 4})
     monkeypatch.setattr(run, "VALIDATION_SEQUENCES", 2)
     monkeypatch.setattr(run, "TOP_K", 16)
     monkeypatch.setattr(run, "PROMPT_TOKENS", 8)
@@ -73,6 +77,12 @@ def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch)
         assert json.load(f)["seed"] == 1
     with open(workdir / "ce" / "seed_0" / "config.json") as f:
         assert json.load(f)["distill"] is None
+    # The width row starts from the teacher's block 1 with its 24 most important neurons.
+    with open(workdir / "width_kl" / "seed_0" / "config.json") as f:
+        model = json.load(f)["model"]
+    assert model["init_from"] == str(workdir / "pruned_width")
+    with open(workdir / "pruned_width" / "config.json") as f:
+        assert json.load(f)["intermediate_size"] == 24
 
     md = (workdir / "results.md").read_text()
     table, generations = md.split("## Greedy continuations")

@@ -43,6 +43,7 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax import data as data_lib
+from distill_jax.compress import lm_width
 from distill_jax.data import lm
 from distill_jax.errors import DistillError
 from distill_jax.evaluation import Evaluator, count_params
@@ -68,11 +69,20 @@ STUDENTS = {
     },
     # The same architecture (width 576, 9/3 heads, MLP 1536, tied embedding), random.
     "random": {"name": "llama", "num_layers": 4},
+    # Minitron-style depth then width pruning: the same 4 blocks, each MLP cut to the
+    # `WIDTH_PRUNING` neurons of highest activation importance (compress/lm_width.py),
+    # loaded from the directory `run` writes (`init_from` filled in by `row_config`).
+    "width": {"name": "llama", "num_layers": 4, "intermediate_size": 768},
 }
 STUDENT_NAMES = {
     "pruned": f"4 layers from teacher blocks {'/'.join(map(str, INIT_LAYERS))}",
     "random": "4 layers, random init",
+    "width": f"4 layers from teacher blocks {'/'.join(map(str, INIT_LAYERS))}, MLP 1536 -> 768",
 }
+WIDTH_PRUNING = {"layers": INIT_LAYERS, "intermediate_size": 768, "sequences": 32}
+"""The width-pruned student: the teacher's blocks `layers`, then each MLP's
+`intermediate_size` most important neurons, measured on the first `sequences` training
+sequences (mean over the sequence of |activation|, L2 over the batch)."""
 TOKENS = 102_400
 """Training tokens per student (whole sequences): 800 sequences of 128, 200 steps of 4."""
 BATCH_SIZE = 4
@@ -143,10 +153,16 @@ ROWS: dict[str, dict[str, Any]] = {
         "source": "cache",
         "losses": {"lm_kl": {"weight": 1.0}},
     },
+    "width_kl": {
+        "label": "forward KL, top-k renormalised",
+        "student": "width",
+        "source": "cache",
+        "losses": {"lm_kl": {"weight": 1.0}},
+    },
 }
 """Row -> its student, where the teacher's outputs come from (none, the top-64 cache, or
 the online teacher) and the `distill.losses` (alpha 0: the divergence alone)."""
-DEFAULT_ROWS = ("ce", "kl", "reverse_kl", "jsd", "gkd", "random_ce", "random_kl")
+DEFAULT_ROWS = ("ce", "kl", "reverse_kl", "jsd", "gkd", "random_ce", "random_kl", "width_kl")
 """`skew_kl` is defined but left out of the default command (the 90-minute budget)."""
 SOURCES = {"none": "–", "cache": "top-k cache", "online": "online + student samples"}
 
@@ -163,9 +179,11 @@ def row_config(
     test_sequences: int = TEST_SEQUENCES,
     validation_sequences: int = VALIDATION_SEQUENCES,
     cache: str | None = None,
+    pruned: str | None = None,
 ) -> dict[str, Any]:
     """A row's config (plain dict): one pass over the first `train_sequences` training
-    sequences, `batch_size` a step; tested on the first `test_sequences` test sequences."""
+    sequences, `batch_size` a step; tested on the first `test_sequences` test sequences.
+    `pruned`: the width-pruned checkpoint directory (`width_student`) a "width" row loads."""
     spec = ROWS[row]
     cfg: dict[str, Any] = {
         "seed": seed,
@@ -186,6 +204,8 @@ def row_config(
         "checkpoint": {"every_steps": 100, "keep": 1},
         "log": {"every_steps": 20, "progress": False},
     }
+    if spec["student"] == "width":
+        cfg["student"]["model"]["init_from"] = pruned
     if spec["source"] != "none":
         cfg["distill"] = {"alpha": 0.0, "temperature": 1.0, "losses": copy.deepcopy(spec["losses"])}
     if spec["source"] == "cache":
@@ -267,6 +287,27 @@ def _train_tokens_per_s(workdir: str, length: int) -> float | None:
     rates = [r["examples_per_sec"] for r in read_metrics(workdir) if r.get("split") == "train"]
     rates = rates[1:] or rates
     return float(np.median(rates) * length) if rates else None
+
+
+def width_student(workdir: str, teacher: Teacher, train_ids: Any, say: Callable) -> str:
+    """The width-pruned student's checkpoint directory (`WIDTH_PRUNING`), written once
+    into `<workdir>/pruned_width/` (atomically; reused when it exists): the teacher's
+    blocks, then the MLP neurons of highest importance on `train_ids`' first sequences."""
+    out = os.path.join(workdir, "pruned_width")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return out
+    t = time.time()
+    module, params = lm_width.depth_prune(
+        teacher.model, teacher.variables["params"], WIDTH_PRUNING["layers"]
+    )
+    tokens = np.asarray(train_ids)[: WIDTH_PRUNING["sequences"]]
+    kwargs, params = lm_width.prune_width(
+        module, params, tokens, intermediate_size=WIDTH_PRUNING["intermediate_size"]
+    )
+    report = {**WIDTH_PRUNING, "calibration_sequences": len(tokens), "seconds": time.time() - t}
+    lm_width.write_pruned(out, llama.Llama(**kwargs), params, report=report)
+    say(f"width-pruned student written to {out} ({time.time() - t:.0f} s)")
+    return out
 
 
 # --------------------------------------------------------------------------------- run
@@ -365,12 +406,15 @@ def run(
         results["seconds"]["cache"] = record["seconds"]
         say(f"top-{TOP_K} cache: mean kept mass {record['mean_kept_mass']:.3f}")
 
-    # 3. The students.
+    # 3. The students (the width-pruned one's checkpoint first, if a row needs it).
+    pruned = None
+    if any(ROWS[r]["student"] == "width" for r in rows):
+        pruned = width_student(workdir, teacher, data.train.images, say)
     for row in rows:
         spec = ROWS[row]
         per_seed = []
         for seed in range(seeds if row in SEEDED else 1):
-            cfg = row_config(row, seed, **sizes, cache=cache_dir)
+            cfg = row_config(row, seed, **sizes, cache=cache_dir, pruned=pruned)
             config = validated(cfg)
             key = _hash([config_lib.to_dict(config), teacher.identity.get("sha256"), prompts])
             path = os.path.join(summaries, f"{row}_seed{seed}.json")
