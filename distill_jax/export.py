@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.errors import CheckpointError, ConfigError
+from distill_jax.report import replace_dir
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -343,13 +344,7 @@ def write_export(
         card["files"] = sorted([*_listing(tmp), CARD_FILE])
         with open(os.path.join(tmp, CARD_FILE), "w") as f:
             f.write(model_card(card))
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
-            os.replace(out, os.path.join(old, "out"))
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

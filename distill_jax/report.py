@@ -279,6 +279,23 @@ def atomic_write_with(path: str, write: Callable[[str], None]) -> None:
     os.replace(_stage(path, write), path)
 
 
+def replace_dir(tmp: str, out: str) -> None:
+    """Moves the finished directory `tmp` to `out` (both in one filesystem). An existing
+    `out` is moved aside first and deleted only once the new one is in place, so `out`
+    is always either the old directory or the whole new one."""
+    if os.path.exists(out):
+        import shutil
+        import tempfile
+
+        parent = os.path.dirname(out) or "."
+        old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
+        os.replace(out, os.path.join(old, "out"))
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
 def _text_writer(text: str) -> Callable[[str], None]:
     def write(path: str) -> None:
         with open(path, "w") as f:

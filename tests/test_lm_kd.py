@@ -36,7 +36,9 @@ def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch)
     width = {**TINY, "num_layers": 1, "intermediate_size": 24}  # pruned from the teacher
     students = {"pruned": SMALLER, "random": {**SMALLER, "num_heads": 1}, "width": width}
     monkeypatch.setattr(run, "STUDENTS", students)
-    monkeypatch.setattr(run, "WIDTH_PRUNING", {"layers": [1], "intermediate_size": 24, "sequences": 4})
+    monkeypatch.setattr(
+        run, "WIDTH_PRUNING", {"layers": [1], "intermediate_size": 24, "sequences": 4}
+    )
     monkeypatch.setattr(run, "VALIDATION_SEQUENCES", 2)
     monkeypatch.setattr(run, "TOP_K", 16)
     monkeypatch.setattr(run, "PROMPT_TOKENS", 8)

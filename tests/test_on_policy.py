@@ -89,7 +89,9 @@ def assert_trees_equal(a, b):
 
 def test_lmbda_zero_and_a_corpus_draw_are_the_online_step_exactly(parts):
     online = one_step(parts, "online")
-    assert_trees_equal(one_step(parts, OnPolicyTeacher(parts["teacher"], 0.0, P), on_policy=0), online)
+    assert_trees_equal(
+        one_step(parts, OnPolicyTeacher(parts["teacher"], 0.0, P), on_policy=0), online
+    )
     # lmbda in (0, 1) compiles both branches under lax.cond; at a step whose draw is
     # "corpus" the update is still the online one, bit for bit.
     source = OnPolicyTeacher(parts["teacher"], 0.5, P)

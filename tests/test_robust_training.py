@@ -183,8 +183,7 @@ def test_eps_warmup_ramps_the_training_radius_and_then_holds_it():
         assert eps * 0.9 < moved <= eps + 1e-6, (step, moved)
     # Without a ramp the radius is eps at every step; the explicit step size scales with it.
     assert _method("pgd_at", eps=0.2).eps_at(jnp.asarray(0)) == 0.2
-    ramped = _method("pgd_at", eps=0.2, eps_warmup=0.5, step_size=0.05, steps=1,
-                     random_start=False)
+    ramped = _method("pgd_at", eps=0.2, eps_warmup=0.5, step_size=0.05, steps=1, random_start=False)
     (x_adv,) = ramped.views(student_fn, None, x, y, {}, jax.random.PRNGKey(1), 0).values()
     assert float(jnp.max(jnp.abs(x_adv - x))) == pytest.approx(0.01, rel=1e-5)
 

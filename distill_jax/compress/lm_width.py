@@ -82,6 +82,7 @@ import numpy as np
 
 from distill_jax.errors import ConfigError
 from distill_jax.models.llama import Llama, RMSNorm
+from distill_jax.report import replace_dir
 
 SIZES = ("intermediate_size", "num_kv_heads", "hidden_size")
 """The widths `prune_width` can reduce (`Llama` fields)."""
@@ -597,13 +598,7 @@ def write_pruned(
         os.chmod(tmp, 0o777 & ~umask)
         for name in files:
             os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
-            os.replace(out, os.path.join(old, "out"))
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
