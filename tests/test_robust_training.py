@@ -438,9 +438,9 @@ def test_pmap_equals_jit_with_adversarial_inputs(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_robust_kd_driver_tiny(data_dir, tmp_path, monkeypatch):
-    """The experiment's driver on tiny MLPs and digits (the full experiment has not been
-    run): both teachers, student rows PGD-AT / KD / ARD / AdaAD, two attacks, the
-    table; resumable."""
+    """The experiment's driver on tiny MLPs and digits: both teachers, student rows
+    PGD-AT / KD / ARD / AdaAD, two attacks, the table; resumable, keeping the first
+    call's times."""
     from distill_jax.config import import_file
 
     run = import_file(os.path.join(os.path.dirname(__file__), "..", "experiments/robust_kd/run.py"))
@@ -464,8 +464,11 @@ def test_robust_kd_driver_tiny(data_dir, tmp_path, monkeypatch):
     assert config["train"]["robust"]["method"] == "ard" and config["train"]["robust"]["eps"] == 0.1
     table = (tmp_path / "rk" / "results.md").read_text()
     assert "| ARD (Goldblum et al. 2020) |" in table and "apgd_dlr" in table
+    assert "| minutes |" in table and "Minutes:" in table
     again = run.run(str(tmp_path / "rk"), rows=rows, seeds=2, say=lambda *a: None)
     assert again["rows"] == results["rows"]
+    # The second call trains nothing and keeps the first call's times.
+    assert again["seconds"] == {**results["seconds"], "this_call": again["seconds"]["this_call"]}
 
 
 def test_token_ids_are_refused_through_the_cli(data_dir, tmp_path, capsys):

@@ -55,6 +55,10 @@ ROWS = {
     "adaad": ("adaad", "pgd"),
 }
 """Student row -> (its robust method, the teacher it distils from or None)."""
+DEFAULT_ROWS = ("alone", "pgd_at", "kd_robust", "ard", "rslad")
+"""The rows of the default command (the 60-minute budget): IAD-I and AdaAD ("if time
+allows", said the issue) cost about as much as ARD and RSLAD each, measured at 9-10 min a
+row; `--rows alone pgd_at kd_robust ard rslad iad adaad` runs them too."""
 LABELS = {
     "alone": "student alone",
     "pgd_at": "student, PGD-AT (Madry et al. 2018)",

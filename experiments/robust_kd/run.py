@@ -43,10 +43,21 @@ def accuracies(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _fit(cfg: dict, workdir: str, overrides: Sequence[str], **kwargs):
-    """`fit` with the experiment's attacks evaluated on every model's test split."""
+def _fit(cfg: dict, workdir: str, overrides: Sequence[str], **kwargs) -> tuple[Any, float]:
+    """`fit` with the experiment's attacks evaluated on every model's test split, and its
+    wall seconds, kept in `<workdir>/seconds.json` the first time: when the command runs
+    again and `fit` reuses the finished run, the table keeps the time it took to train
+    (not the seconds of reloading it)."""
     extra = [f"attack.attacks={common.ATTACKS!r}", *overrides]
-    return fit(config_lib.from_dict(cfg, extra), workdir, **kwargs)
+    path = os.path.join(workdir, "seconds.json")
+    t = time.time()
+    fitted = fit(config_lib.from_dict(cfg, extra), workdir, **kwargs)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return fitted, float(json.load(f)["seconds"])
+    seconds = time.time() - t
+    atomic_write(path, json.dumps({"seconds": seconds}))
+    return fitted, seconds
 
 
 def run(
@@ -58,7 +69,7 @@ def run(
     say: Callable[..., None] = print,
 ) -> dict[str, Any]:
     """The whole table (see the module docstring); `overrides` apply to every run."""
-    rows = list(common.ROWS) if rows is None else list(rows)
+    rows = list(common.DEFAULT_ROWS) if rows is None else list(rows)
     seeds = common.SEEDS if seeds is None else seeds
     t0 = time.time()
     needed = {common.ROWS[r][1] for r in rows} - {None}
@@ -66,30 +77,30 @@ def run(
     for label, method in common.TEACHERS.items():
         if label not in needed and label != "standard":  # the standard one: a reference
             continue
-        t = time.time()
         tdir = os.path.join(workdir, "teacher", label)
-        fitted = _fit(common.config("teacher", method), tdir, overrides, role="teacher")
+        fitted, seconds = _fit(common.config("teacher", method), tdir, overrides, role="teacher")
         teachers[label] = load_teacher(tdir)
         results["teachers"][label] = accuracies(fitted.test)
-        results["seconds"][f"teacher_{label}"] = time.time() - t
+        results["seconds"][f"teacher_{label}"] = seconds
         say(f"teacher {label}: {results['teachers'][label]}")
     for row in rows:
         method, teacher = common.ROWS[row]
-        t = time.time()
         cfg = common.config("student", method)
         cfg["vmap"] = {"students": seeds}  # the seeds train together, vmapped
-        fitted = _fit(
+        rdir = os.path.join(workdir, row)
+        fitted, seconds = _fit(
             cfg,
-            os.path.join(workdir, row),
+            rdir,
             overrides,
             role="student",
             teacher=None if teacher is None else teachers[teacher],
         )
         per_seed = [accuracies(s) for s in (fitted.students or [fitted.test])]
         results["rows"][row] = {k: [s[k] for s in per_seed] for k in per_seed[0]}
-        results["seconds"][row] = time.time() - t
+        results["seconds"][row] = seconds
         say(f"{row}: {results['rows'][row]}")
-    results["seconds"]["total"] = time.time() - t0
+    results["seconds"]["total"] = float(sum(results["seconds"].values()))
+    results["seconds"]["this_call"] = time.time() - t0
     results["settings"] = {"eps": common.EPS, "steps": common.STEPS, "attacks": common.ATTACKS}
     os.makedirs(workdir, exist_ok=True)
     atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
@@ -105,19 +116,25 @@ def _std(values: Sequence[float]) -> float:
 def table(results: dict[str, Any]) -> str:
     """results.md: accuracy (%) clean and under each attack, mean ± std over seeds."""
     names = ["clean", *(a["name"] for a in results["settings"]["attacks"])]
+    seconds = results["seconds"]
     lines = [
         f"eps = {results['settings']['eps']} (L-inf, pixels in [0, 1]); test accuracy (%)",
         "",
-        "| model | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        "| model | " + " | ".join(names) + " | minutes |",
+        "|---|" + "---|" * (len(names) + 1),
     ]
     for label, r in results["teachers"].items():
-        lines.append(
-            f"| teacher ({label}) | " + " | ".join(f"{100 * r[n]:.1f}" for n in names) + " |"
-        )
+        cells = [f"{100 * r[n]:.1f}" for n in names] + [f"{seconds[f'teacher_{label}'] / 60:.1f}"]
+        lines.append(f"| teacher ({label}) | " + " | ".join(cells) + " |")
     for row, r in results["rows"].items():
         cells = [f"{100 * np.mean(r[n]):.1f} ± {100 * _std(r[n]):.1f}" for n in names]
+        cells.append(f"{seconds[row] / 60:.1f}")
         lines.append(f"| {common.LABELS[row]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Minutes: each model's training and test evaluation (the seeds of a row together); "
+        f"total {seconds['total'] / 60:.1f}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
