@@ -5,7 +5,7 @@ from a few timed steps of each kind of run; only a tiny variant is tested
 (tests/test_lm_kd.py). Resumable: finished rows, the cache and the teacher's numbers are
 reused (`<workdir>/summaries/`), an interrupted row resumes from its checkpoint.
 
-    python experiments/lm_kd/run.py --workdir runs/lm_kd            # ~70 min, 2 CPU cores
+    python experiments/lm_kd/run.py --workdir runs/lm_kd            # ~75 min, 2 CPU cores
     python experiments/lm_kd/run.py --workdir runs/lm_kd_gpu \\
         --tokens 2500000 --batch_size 32 --test_sequences 951       # a GPU: more tokens
 
