@@ -1,6 +1,6 @@
 """Runs the robust-distillation experiment and writes its measured table.
 
-Command (resumable: finished runs are reused; NOT RUN AT FULL SCALE YET, see common.py):
+Command (resumable: finished runs are reused; 47.8 min on 2 CPU cores, README.md):
 
     python experiments/robust_kd/run.py --workdir runs/robust_kd
 
