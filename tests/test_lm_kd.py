@@ -46,7 +46,10 @@ def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch)
     monkeypatch.setitem(
         run.ROWS, "gkd", {**run.ROWS["gkd"], "on_policy": {"lmbda": 0.5, "prompt_tokens": 8}}
     )
-    rows = list(run.ROWS)  # every row, skew_kl included
+    seq_kd = run.ROWS["seq_kd"]
+    on_policy = {**seq_kd["on_policy"], "prompt_tokens": 8}
+    monkeypatch.setitem(run.ROWS, "seq_kd", {**seq_kd, "on_policy": on_policy})
+    rows = list(run.ROWS)  # every row, skew_kl and seq_kd included
     sizes = {"tokens": 16 * LEN, "batch_size": 8, "test_sequences": 4, "seeds": 2}
     teacher = sharp_teacher(length=LEN)
     say = lambda *a: None  # noqa: E731
@@ -71,6 +74,10 @@ def test_lm_kd_experiment_driver_tiny(text_dir, data_dir, tmp_path, monkeypatch)
         spec = json.load(f)
     assert spec["distill"]["on_policy"]["lmbda"] == 0.5 and spec["distill"]["alpha"] == 0.0
     assert "lm_jsd" in spec["distill"]["losses"] and "teacher_cache" not in spec
+    with open(workdir / "seq_kd" / "seed_0" / "config.json") as f:
+        spec = json.load(f)
+    assert spec["distill"]["on_policy"]["seq_kd"] is True and spec["distill"]["alpha"] == 1.0
+    assert spec["distill"]["on_policy"]["lmbda"] == 0.0 and spec["distill"]["losses"] == {}
     with open(workdir / "reverse_kl" / "seed_0" / "config.json") as f:
         spec = json.load(f)
     assert spec["teacher_cache"]["top_k"] == 16

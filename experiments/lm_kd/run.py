@@ -142,6 +142,14 @@ ROWS: dict[str, dict[str, Any]] = {
         "losses": {"lm_jsd": {"weight": 1.0, "beta": 0.5}},
         "on_policy": {"lmbda": 0.5, "prompt_tokens": 32, "temperature": 1.0},
     },
+    "seq_kd": {
+        "label": "sequence-level KD: CE on the teacher's greedy continuations",
+        "student": "pruned",
+        "source": "online",
+        "alpha": 1.0,  # Kim & Rush: the CE on the teacher's sequences, no divergence
+        "losses": {},
+        "on_policy": {"lmbda": 0.0, "seq_kd": True, "prompt_tokens": 32, "temperature": 0.0},
+    },
     "random_ce": {
         "label": "alone: next-token CE",
         "student": "random",
@@ -161,10 +169,12 @@ ROWS: dict[str, dict[str, Any]] = {
     },
 }
 """Row -> its student, where the teacher's outputs come from (none, the top-64 cache, or
-the online teacher) and the `distill.losses` (alpha 0: the divergence alone)."""
+the online teacher) and the `distill.losses` (alpha 0: the divergence alone, unless the row
+sets `alpha`)."""
 DEFAULT_ROWS = ("ce", "kl", "reverse_kl", "jsd", "gkd", "random_ce", "random_kl", "width_kl")
-"""`skew_kl` is defined but left out of the default command (the 90-minute budget)."""
-SOURCES = {"none": "–", "cache": "top-k cache", "online": "online + student samples"}
+"""`skew_kl` and `seq_kd` are defined but left out of the default command: `--rows seq_kd`
+runs sequence-level KD (the teacher generates 96 tokens for every training row)."""
+SOURCES = {"none": "–", "cache": "top-k cache", "online": "online + generated sequences"}
 
 
 # ----------------------------------------------------------------------------- configs
@@ -207,7 +217,11 @@ def row_config(
     if spec["student"] == "width":
         cfg["student"]["model"]["init_from"] = pruned
     if spec["source"] != "none":
-        cfg["distill"] = {"alpha": 0.0, "temperature": 1.0, "losses": copy.deepcopy(spec["losses"])}
+        cfg["distill"] = {
+            "alpha": spec.get("alpha", 0.0),
+            "temperature": 1.0,
+            "losses": copy.deepcopy(spec["losses"]),
+        }
     if spec["source"] == "cache":
         cfg["distill"]["cache"] = cache
     if "on_policy" in spec:
