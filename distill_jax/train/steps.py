@@ -248,13 +248,15 @@ def make_update(
     return update
 
 
-def _own_labels(labels: jax.Array, teacher_out: dict[str, Any] | None):
-    """The labels of the inputs the student trains on: a source that made its own inputs
-    returns theirs as `outputs["label"]` (taken out of the teacher's outputs here)."""
-    if teacher_out is None or "label" not in teacher_out:
-        return labels, teacher_out
+def _source_entries(labels: jax.Array, teacher_out: dict[str, Any] | None):
+    """`(labels, teacher_out, metrics)`: what a source that made its own inputs returns
+    beside the teacher's outputs, taken out of them here: their labels
+    (`outputs["label"]`, else the batch's `labels`) and its step metrics
+    (`outputs["metrics"]`, e.g. `on_policy`, else none)."""
+    if teacher_out is None or not {"label", "metrics"} & teacher_out.keys():
+        return labels, teacher_out, {}
     teacher_out = dict(teacher_out)
-    return teacher_out.pop("label"), teacher_out
+    return teacher_out.pop("label", labels), teacher_out, teacher_out.pop("metrics", {})
 
 
 def make_train_step(
@@ -315,11 +317,7 @@ def make_train_step(
         if teacher.generates:
             extra = {"labels": labels, "student": students.policy(model, state)}
         images, teacher_out = teacher(frozen["teacher"], images, index, step, **extra)
-        labels, teacher_out = _own_labels(labels, teacher_out)
-        source_metrics = {}
-        if teacher_out is not None and "metrics" in teacher_out:  # e.g. on_policy: 0 / 1
-            teacher_out = dict(teacher_out)
-            source_metrics = teacher_out.pop("metrics")
+        labels, teacher_out, source_metrics = _source_entries(labels, teacher_out)
         shared = (images, labels, index, teacher_out, frozen["teacher"])
         state, metrics = students.run(update, state, *shared)
         return state, {**metrics, **source_metrics}
