@@ -19,6 +19,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -284,9 +286,6 @@ def replace_dir(tmp: str, out: str) -> None:
     `out` is moved aside first and deleted only once the new one is in place, so `out`
     is always either the old directory or the whole new one."""
     if os.path.exists(out):
-        import shutil
-        import tempfile
-
         parent = os.path.dirname(out) or "."
         old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
         os.replace(out, os.path.join(old, "out"))

@@ -419,10 +419,7 @@ def pruned_kwargs(module: Llama, hidden_size: int, num_kv_heads: int, intermedia
         "num_kv_heads": num_kv_heads,
         "intermediate_size": intermediate_size,
     }
-    E = module.head_size
-    if hidden_size % num_heads or hidden_size // num_heads != E:
-        cfg["head_dim"] = E
-    return cfg
+    return hf_llama.with_head_dim(cfg, module.head_size)
 
 
 def shrink(

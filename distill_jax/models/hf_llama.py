@@ -134,6 +134,15 @@ def hf_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def with_head_dim(cfg: dict[str, Any], head_dim: int | None) -> dict[str, Any]:
+    """`cfg` (`Llama` keyword arguments) with `head_dim` added only where it is not
+    `hidden_size // num_heads` (None: never), so ordinary configs keep their keys."""
+    D, H = cfg["hidden_size"], cfg["num_heads"]
+    if head_dim is not None and (D % H or head_dim != D // H):
+        return {**cfg, "head_dim": head_dim}
+    return cfg
+
+
 def head_dim_of(cfg: dict[str, Any]) -> int:
     """The head width of a config dict: its `head_dim`, else `hidden_size // num_heads`."""
     return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_heads"])
@@ -352,9 +361,7 @@ def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
         "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
         "max_position": int(c.get("max_position_embeddings", 2048)),
     }
-    if head_dim is not None and (D % H or head_dim != D // H):
-        cfg["head_dim"] = head_dim
-    return cfg
+    return with_head_dim(cfg, head_dim)
 
 
 def read_hf_tensors(directory: str | os.PathLike, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -476,13 +483,7 @@ def hf_config(module: Any) -> dict[str, Any]:
 def config_of(module: Any) -> dict[str, Any]:
     """The `Llama` keyword arguments of a module, as `read_config` gives them for its
     checkpoint (`head_dim` only where it is not `hidden_size // num_heads`)."""
-    cfg = {key: getattr(module, key) for key in _CONFIG_KEYS}
-    if module.head_dim is not None and (
-        module.hidden_size % module.num_heads
-        or module.head_dim != module.hidden_size // module.num_heads
-    ):
-        cfg["head_dim"] = module.head_dim
-    return cfg
+    return with_head_dim({key: getattr(module, key) for key in _CONFIG_KEYS}, module.head_dim)
 
 
 def read_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
