@@ -81,6 +81,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.errors import ConfigError
+from distill_jax.losses.lm import token_cross_entropy
 from distill_jax.models.llama import Llama, RMSNorm
 from distill_jax.report import replace_dir
 
@@ -232,14 +233,13 @@ def _batch_statistics(
         heads.append(seq_mean(jnp.sqrt(jnp.sum(attn_BLHE * attn_BLHE, axis=-1))))
     norm_paths = [(f"layer_{i}", n) for i in range(N) for n in ("attn_norm", "mlp_norm")]
     norms_MBD = jnp.stack([seq_mean(acts[p]) for p in [*norm_paths, ("final_norm",)]])
-    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
     valid_BL = targets_BL >= 0
-    picked_BL = jnp.take_along_axis(logp_BLV, jnp.maximum(targets_BL, 0)[..., None], -1)[..., 0]
+    nll_BL = token_cross_entropy(logits_BLV, targets_BL)  # in vocab chunks, float32
     return {
         "mlp": mlp_NBF,
         "heads": jnp.stack(heads),
         "norms": norms_MBD,
-        "nll": -jnp.sum(jnp.where(valid_BL, picked_BL, 0.0)),
+        "nll": jnp.sum(jnp.where(valid_BL, nll_BL, 0.0)),
         "targets": jnp.sum(valid_BL),
     }
 
