@@ -59,6 +59,10 @@ DATA = {"name": "news_lm/len128"}
 TEACHER = {"name": "llama", "init_from": "smollm2-135m-q4"}
 TEACHER_NAME = "SmolLM2-135M-Q4 (30 layers, 4-bit GGUF)"
 INIT_LAYERS = [0, 10, 20, 29]
+WIDTH_PRUNING = {"layers": INIT_LAYERS, "intermediate_size": 768, "sequences": 32}
+"""The width-pruned student: the teacher's blocks `layers`, then each MLP's
+`intermediate_size` most important neurons, measured on the first `sequences` training
+sequences (mean over the sequence of |activation|, L2 over the batch)."""
 STUDENTS = {
     # Minitron-style depth pruning: 4 of the teacher's 30 blocks, its embedding and norm.
     "pruned": {
@@ -72,17 +76,18 @@ STUDENTS = {
     # Minitron-style depth then width pruning: the same 4 blocks, each MLP cut to the
     # `WIDTH_PRUNING` neurons of highest activation importance (compress/lm_width.py),
     # loaded from the directory `run` writes (`init_from` filled in by `row_config`).
-    "width": {"name": "llama", "num_layers": 4, "intermediate_size": 768},
+    "width": {
+        "name": "llama",
+        "num_layers": len(WIDTH_PRUNING["layers"]),
+        "intermediate_size": WIDTH_PRUNING["intermediate_size"],
+    },
 }
 STUDENT_NAMES = {
     "pruned": f"4 layers from teacher blocks {'/'.join(map(str, INIT_LAYERS))}",
     "random": "4 layers, random init",
-    "width": f"4 layers from teacher blocks {'/'.join(map(str, INIT_LAYERS))}, MLP 1536 -> 768",
+    "width": f"4 layers from teacher blocks {'/'.join(map(str, INIT_LAYERS))}, MLP 1536 -> "
+    f"{WIDTH_PRUNING['intermediate_size']}",
 }
-WIDTH_PRUNING = {"layers": INIT_LAYERS, "intermediate_size": 768, "sequences": 32}
-"""The width-pruned student: the teacher's blocks `layers`, then each MLP's
-`intermediate_size` most important neurons, measured on the first `sequences` training
-sequences (mean over the sequence of |activation|, L2 over the batch)."""
 TOKENS = 102_400
 """Training tokens per student (whole sequences): 800 sequences of 128, 200 steps of 4."""
 BATCH_SIZE = 4

@@ -87,10 +87,9 @@ def run(
         method, teacher = common.ROWS[row]
         cfg = common.config("student", method)
         cfg["vmap"] = {"students": seeds}  # the seeds train together, vmapped
-        rdir = os.path.join(workdir, row)
         fitted, seconds = _fit(
             cfg,
-            rdir,
+            os.path.join(workdir, row),
             overrides,
             role="student",
             teacher=None if teacher is None else teachers[teacher],
