@@ -557,17 +557,20 @@ def _tagging_steps(strategy_name, devices, data_dir, steps=3):
 
 
 def test_tagging_step_jit_sharded_matches_single_device_pmap_does_not(data_dir):
-    """The tagging step on 8 devices (jit, batch sharded) equals 1 device: losses and
+    """The tagging step on 2 devices (jit, batch sharded) equals 1 device: losses and
     parameters. Under pmap each device averages over its own tagged tokens, which is not
     the global token mean (hence `parallel.strategy = "pmap"` is refused for tagging)."""
     import jax
 
+    # Two devices, not eight: XLA's CPU collectives abort (rendezvous termination timeout)
+    # when eight device threads share two busy cores (seen in .ci/run under xdist).
+    devices = jax.devices()[:2]
     ref_loss, ref_params = _tagging_steps("jit", jax.devices()[:1], data_dir)
-    loss, params = _tagging_steps("jit", jax.devices(), data_dir)
+    loss, params = _tagging_steps("jit", devices, data_dir)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    pmap_loss, _ = _tagging_steps("pmap", jax.devices(), data_dir, steps=1)
+    pmap_loss, _ = _tagging_steps("pmap", devices, data_dir, steps=1)
     assert abs(pmap_loss[0] - ref_loss[0]) > 1e-4
 
 
