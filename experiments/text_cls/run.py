@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -319,7 +320,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
     students = list(results["runs"])
     settings = [s for s in LABELS if any(s in results["runs"][m] for m in students)]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / max(len(students), 1)
     for j, student in enumerate(students):
         runs = results["runs"][student]
@@ -337,7 +338,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     if results.get("teacher"):
         ax.axhline(100 * results["teacher"]["accuracy"], color="k", ls="--", label="teacher")
     ax.set_xticks(range(len(settings)))
-    ax.set_xticklabels([LABELS[s].replace(" (", "\n(") for s in settings], fontsize=7)
+    ax.set_xticklabels([textwrap.fill(LABELS[s], 22) for s in settings], fontsize=7)
     ax.set_ylabel("test accuracy %")
     lows = [
         100 * min(results["runs"][m][s]["accuracy"]) for m in students for s in results["runs"][m]
