@@ -275,3 +275,12 @@ def test_text_cls_driver_misuse_is_one_line_and_exit_2(tmp_path, capsys):
     assert "holds mr with 3 seeds, not mr with 2" in err and len(err.splitlines()) == 1
     assert (tmp_path / "run" / "results.json").read_text() == earlier
     assert os.listdir(workdir) == ["results.json"]
+
+
+def test_text_cls_rows_without_unlabelled_text_are_left_out():
+    run = import_file(os.path.join(EXPERIMENT, "run.py"))
+    every = tuple(run.LABELS)
+    assert run.dataset_settings("mr", every) == every
+    assert run.dataset_settings("trec6", every) == tuple(
+        s for s in every if s != "kd_aug_unlabelled"
+    )

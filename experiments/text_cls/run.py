@@ -148,6 +148,14 @@ def _earlier(path: str, dataset: str, seeds: int) -> dict[str, Any]:
     return earlier
 
 
+def dataset_settings(dataset: str, settings) -> tuple[str, ...]:
+    """The requested settings this dataset has data for: no `kd_aug_unlabelled` where
+    `common.DATASETS` names no unlabelled text (it would repeat `kd_aug`)."""
+    if common.DATASETS[dataset].get("unlabelled"):
+        return tuple(settings)
+    return tuple(s for s in settings if s != "kd_aug_unlabelled")
+
+
 def _rows(student: str, settings) -> list[str]:
     """The requested settings that are rows of this student's table."""
     return [s for s in settings if s in common.SETTINGS_OF[student]]
@@ -177,6 +185,7 @@ def run(
     """Trains everything and returns (and writes) the results."""
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
+    settings = dataset_settings(dataset, settings)
     results = _earlier(os.path.join(workdir, "results.json"), dataset, seeds)
     timed = results["seconds"]  # a step done by an earlier command keeps its time
     teacher_cfg = make_config("teacher", "", dataset, overrides)
