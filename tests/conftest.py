@@ -5,12 +5,22 @@ file, which pytest imports first.
 """
 
 import getpass
+import importlib.metadata
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+_FLAGS = " --xla_force_host_platform_device_count=8"
+# XLA's CPU collectives (8 fake devices, one thread each) abort the process when a
+# rendezvous waits past its timeout (40 s to terminate): on 2 cores shared by two pytest
+# workers a starved device thread can, and the crashed worker then hung the suite. The
+# tests are tiny; a longer wait only ever lets a slow rendezvous finish. These flags exist
+# in jaxlib 0.10 (an unknown flag is fatal, so other versions keep XLA's defaults).
+if importlib.metadata.version("jaxlib").startswith("0.10."):
+    _FLAGS += (
+        " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+        " --xla_cpu_collective_timeout_seconds=1800"
+    )
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + _FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # JAX's persistent compilation cache, shared by the test processes (pytest-xdist workers)
@@ -25,8 +35,6 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-import importlib.metadata  # noqa: E402
 
 import pytest  # noqa: E402
 
